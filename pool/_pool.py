@@ -1,0 +1,347 @@
+"""`Pool`: the public facade. Validates, pickles in the caller, hands tasks over.
+
+Everything a caller passes is checked and pickled here, in the caller's
+thread, so a bad argument fails at the call that made it, with a message
+that names it, and nothing is queued. The supervisor (`pool._supervisor`)
+only ever sees bytes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import multiprocessing.context
+import numbers
+import os
+import threading
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from typing import Any, ParamSpec, TypeVar
+
+from . import _protocol as proto
+from ._errors import PoolClosed
+from ._futures import Future
+from ._mapping import WINDOW_PER_WORKER, Chunker, ChunkedResults, length_of, static_chunksize
+from ._processes import resolve_context
+from ._serialize import describe_callable, dumps_arguments, dumps_function, dumps_items
+from ._supervisor import Supervisor, Task
+
+__all__ = ["Pool", "PoolView"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_INHERIT: Any = object()
+
+# Supervisors still running, shut down (and waited for) at interpreter exit
+# as ProcessPoolExecutor does, so a script that never calls shutdown still
+# gets its results and leaves no process behind.
+_live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    for supervisor in list(_live):
+        supervisor.shutdown(cancel_futures=False)
+    for supervisor in list(_live):
+        supervisor.join()
+
+
+def _check_timeout(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__qualname__}")
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _check_count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, not {type(value).__qualname__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_callable(fn: object, what: str = "fn") -> None:
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, not {type(fn).__qualname__}")
+
+
+class _FunctionTable:
+    """Caller-side cache of pickled functions, so each is pickled once.
+
+    Only plain functions are cached, by identity: their code does not change
+    between calls. Other callables (partials, bound methods, objects with
+    ``__call__``) carry state the caller may change, so they are pickled
+    with every task.
+    """
+
+    SIZE = 256  # functions remembered; a miss costs one cloudpickle.dumps
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, tuple[object, int, bytes]] = OrderedDict()
+        self._ids = itertools.count()
+
+    def lookup(self, fn: Callable[..., Any]) -> tuple[int | None, bytes]:
+        if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+            return None, dumps_function(fn)
+        key = id(fn)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is fn:
+                self._entries.move_to_end(key)
+                return entry[1], entry[2]
+        data = dumps_function(fn)
+        with self._lock:
+            fn_id = next(self._ids)
+            self._entries[key] = (fn, fn_id, data)  # holding fn keeps id(fn) unique
+            if len(self._entries) > self.SIZE:
+                self._entries.popitem(last=False)
+        return fn_id, data
+
+
+class _TaskAPI:
+    """The calls shared by `Pool` and the views `Pool.options` returns."""
+
+    _pool: Pool
+    _timeout: float | None
+    _retries: int
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` in a worker; return its future.
+
+        The arguments are pickled now: one that cannot be pickled raises
+        `SerializationError` here, naming it, and nothing is queued.
+        """
+        _check_callable(fn)
+        pool = self._pool
+        name = describe_callable(fn)
+        fn_id, fn_bytes = pool._functions.lookup(fn)
+        args_bytes = dumps_arguments(name, args, kwargs)
+        return pool._enqueue(name, proto.CALL, fn_id, fn_bytes, args_bytes, self._timeout, self._retries)
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[R]:
+        """Like `Executor.map`, in input order, chunked automatically.
+
+        A sized input (a list, a range) is submitted at once, as
+        ProcessPoolExecutor does; any other iterable is read lazily with a
+        bounded number of chunks in flight. ``timeout`` bounds the whole
+        iteration, from this call. An explicit ``chunksize`` wins.
+        """
+        _check_callable(fn)
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        timeout = _check_timeout("timeout", timeout)
+        if chunksize is not None:
+            chunksize = _check_count("chunksize", chunksize, 1)
+        workers = self._pool._max_workers
+        total = length_of(iterables)
+        if total is not None:
+            chunker = Chunker(chunksize or static_chunksize(total, workers), total, workers)
+            window = None
+        else:
+            chunker = Chunker(chunksize, None, workers)
+            window = WINDOW_PER_WORKER * workers
+        if len(iterables) == 1:
+            return self._chunked(fn, iter(iterables[0]), proto.MAP_CHUNK, chunker, window, True, timeout)
+        return self._chunked(fn, zip(*iterables), proto.STARMAP_CHUNK, chunker, window, True, timeout)
+
+    def imap(self, fn: Callable[..., R], iterable: Iterable[Any], *, chunksize: int | None = None) -> Iterator[R]:
+        """Lazily map ``fn`` over ``iterable``; results in input order."""
+        return self._lazy(fn, iterable, proto.MAP_CHUNK, chunksize, ordered=True)
+
+    def imap_unordered(
+        self, fn: Callable[..., R], iterable: Iterable[Any], *, chunksize: int | None = None
+    ) -> Iterator[R]:
+        """Lazily map ``fn`` over ``iterable``; results as soon as they are ready."""
+        return self._lazy(fn, iterable, proto.MAP_CHUNK, chunksize, ordered=False)
+
+    def starmap(
+        self, fn: Callable[..., R], iterable: Iterable[Iterable[Any]], *, chunksize: int | None = None
+    ) -> Iterator[R]:
+        """Lazily call ``fn(*args)`` for each ``args`` in ``iterable``; in input order."""
+        return self._lazy(fn, iterable, proto.STARMAP_CHUNK, chunksize, ordered=True)
+
+    def options(self, *, timeout: float | None = _INHERIT, retries: int = _INHERIT) -> PoolView:
+        """A view of the pool whose calls use these per-task options.
+
+        ``timeout``: seconds a task may *run* (from when it starts, not from
+        submit); past it, its worker and the worker's children are killed and
+        the future fails with `TaskTimeout`. ``retries``: how many times a
+        task whose worker died is run again before it fails with
+        `WorkerLost`; a task that raised is never re-run. Options given here
+        do not collide with the keyword arguments of your function.
+        """
+        return PoolView(
+            self._pool,
+            self._timeout if timeout is _INHERIT else _check_timeout("timeout", timeout),
+            self._retries if retries is _INHERIT else _check_count("retries", retries, 0),
+        )
+
+    def _lazy(
+        self, fn: Callable[..., Any], iterable: Iterable[Any], kind: int, chunksize: int | None, ordered: bool
+    ) -> Iterator[Any]:
+        _check_callable(fn)
+        if chunksize is not None:
+            chunksize = _check_count("chunksize", chunksize, 1)
+        items = iter(iterable)  # a TypeError for a non-iterable, here
+        workers = self._pool._max_workers
+        chunker = Chunker(chunksize, length_of((iterable,)), workers)
+        return self._chunked(fn, items, kind, chunker, WINDOW_PER_WORKER * workers, ordered, None)
+
+    def _chunked(
+        self,
+        fn: Callable[..., Any],
+        items: Iterator[Any],
+        kind: int,
+        chunker: Chunker,
+        window: int | None,
+        ordered: bool,
+        timeout: float | None,
+    ) -> Iterator[Any]:
+        pool = self._pool
+        pool._check_open()
+        name = describe_callable(fn)
+        fn_id, fn_bytes = pool._functions.lookup(fn)
+        task_timeout, retries = self._timeout, self._retries
+
+        def submit_chunk(chunk: list[Any], first: int) -> Future[Any]:
+            args_bytes = dumps_items(name, first, chunk)
+            return pool._enqueue(name, kind, fn_id, fn_bytes, args_bytes, task_timeout, retries)
+
+        return ChunkedResults(submit_chunk, items, chunker, window, ordered, timeout)
+
+
+class PoolView(_TaskAPI):
+    """`Pool`'s calls with per-task options; made by `Pool.options`."""
+
+    __module__ = "pool"
+
+    def __init__(self, pool: Pool, timeout: float | None, retries: int) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._retries = retries
+
+    def __repr__(self) -> str:
+        return f"<pool.PoolView of {self._pool!r} timeout={self._timeout} retries={self._retries}>"
+
+
+class Pool(_TaskAPI, Executor):
+    """A process pool that survives its workers; a drop-in `ProcessPoolExecutor`.
+
+    ``max_workers`` processes run the tasks (default: the CPUs this process
+    may use). ``mp_context`` is a multiprocessing context or a start method
+    name; the default is a thread-safe one (forkserver on Linux). Each worker
+    runs ``initializer(*initargs)`` first, and is replaced after
+    ``max_tasks_per_child`` tasks. ``task_timeout`` and ``retries`` are the
+    defaults of `options`.
+    """
+
+    __module__ = "pool"
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: multiprocessing.context.BaseContext | str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
+    ) -> None:
+        if max_workers is None:
+            max_workers = _available_cpus()
+        self._max_workers = _check_count("max_workers", max_workers, 1)
+        context = resolve_context(mp_context)
+        init: tuple[bytes, bytes] | None = None
+        if initializer is not None:
+            _check_callable(initializer, "initializer")
+            if not isinstance(initargs, tuple):
+                raise TypeError(f"initargs must be a tuple, not {type(initargs).__qualname__}")
+            init = (dumps_function(initializer), dumps_arguments(describe_callable(initializer), initargs, {}))
+        if max_tasks_per_child is not None:
+            max_tasks_per_child = _check_count("max_tasks_per_child", max_tasks_per_child, 1)
+        self._pool = self
+        self._timeout = _check_timeout("task_timeout", task_timeout)
+        self._retries = _check_count("retries", retries, 0)
+        self._functions = _FunctionTable()
+        self._ids = itertools.count()
+        self._pid = os.getpid()
+        self._supervisor = Supervisor(
+            max_workers=self._max_workers,
+            context=context,
+            init=init,
+            max_tasks_per_child=max_tasks_per_child,
+        )
+        self._closed = False
+        _live.add(self._supervisor)
+        # A pool dropped without shutdown still finishes its work and stops
+        # its workers; the finalizer must not hold the pool itself.
+        weakref.finalize(self, self._supervisor.shutdown, False)
+
+    @property
+    def max_workers(self) -> int:
+        """The number of worker processes."""
+        return self._max_workers
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work, finish (or cancel) what is queued, stop the workers.
+
+        Each worker gets the stop sentinel; one still there after a grace
+        period is terminated, then killed. Every future ends in a result, an
+        error or cancelled, also with ``wait=False`` (the supervisor finishes
+        in the background).
+        """
+        self._closed = True
+        self._supervisor.shutdown(cancel_futures)
+        if wait:
+            self._supervisor.join()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosed("cannot submit: the pool was shut down")
+        if os.getpid() != self._pid:
+            raise PoolClosed(
+                f"this pool belongs to process {self._pid}; a forked child cannot use it"
+            )
+
+    def _enqueue(
+        self,
+        name: str,
+        kind: int,
+        fn_id: int | None,
+        fn_bytes: bytes,
+        args_bytes: bytes,
+        timeout: float | None,
+        retries: int,
+    ) -> Future[Any]:
+        self._check_open()
+        future: Future[Any] = Future()
+        task = Task(next(self._ids), future, name, kind, fn_id, fn_bytes, args_bytes, timeout, retries)
+        self._supervisor.submit(task)
+        return future
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._closed else "running"
+        return f"<pool.Pool max_workers={self._max_workers} {state}>"
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

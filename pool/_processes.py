@@ -1,0 +1,63 @@
+"""Starting and ending worker processes: start methods, process trees."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+import sys
+
+import psutil
+
+__all__ = ["default_context", "kill_tree", "resolve_context"]
+
+
+def default_context() -> multiprocessing.context.BaseContext:
+    """A start method that is safe in a process with threads.
+
+    The supervisor is a thread, so ``fork`` (copying a process mid-way through
+    other threads' critical sections) is never the default. ``forkserver``
+    forks from a clean single-threaded server and starts fast; ``spawn``
+    elsewhere.
+    """
+    if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
+
+
+def resolve_context(
+    mp_context: multiprocessing.context.BaseContext | str | None,
+) -> multiprocessing.context.BaseContext:
+    if mp_context is None:
+        return default_context()
+    if isinstance(mp_context, str):
+        try:
+            return multiprocessing.get_context(mp_context)
+        except ValueError:
+            methods = ", ".join(multiprocessing.get_all_start_methods())
+            raise ValueError(
+                f"unknown start method {mp_context!r}; this platform has: {methods}"
+            ) from None
+    if not hasattr(mp_context, "Process"):
+        raise TypeError(
+            f"mp_context must be a multiprocessing context or a start method name, "
+            f"not {type(mp_context).__qualname__}"
+        )
+    return mp_context
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process it started.
+
+    The children are listed before the parent dies: once it is gone they are
+    re-parented and can no longer be found from it.
+    """
+    try:
+        root = psutil.Process(pid)
+        children = root.children(recursive=True)
+    except psutil.Error:
+        return
+    for process in (root, *children):
+        try:
+            process.kill()
+        except psutil.Error:
+            pass

@@ -1,0 +1,270 @@
+"""Everything that turns objects into bytes and back, in one place.
+
+Functions and arguments go through cloudpickle (so lambdas, closures and
+functions defined in ``__main__`` run under every start method); results use
+the same. Exceptions get a reduction of their own:
+
+* the default ``BaseException.__reduce__`` rebuilds an exception by calling
+  ``cls(*args)``, which breaks for the very common ``__init__(self, a, b)``
+  that passes one formatted message to ``super().__init__``. We rebuild user
+  exceptions without calling ``__init__`` (as pickle does for any other
+  object) and restore ``args`` and ``__dict__``;
+* tracebacks, ``__cause__``, ``__context__`` and notes travel too (the
+  traceback through tblib), so ``future.result()`` shows the remote frames.
+
+Whatever cannot make the trip becomes a `RemoteError` that still carries the
+type name, the message and the formatted remote traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import reprlib
+import traceback as traceback_module
+from collections import ChainMap
+from collections.abc import Callable, Mapping
+from types import CodeType, TracebackType
+from typing import Any
+
+import cloudpickle
+from tblib import Traceback
+
+from ._errors import RemoteError, SerializationError
+
+PROTOCOL = 5
+loads = pickle.loads
+
+
+def dumps(obj: object) -> bytes:
+    """Pickle anything cloudpickle can, with the exception rules above."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _short_repr(obj: object) -> str:
+    try:
+        return reprlib.repr(obj)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(obj).__qualname__} object>"
+
+
+def describe_callable(fn: object) -> str:
+    """A short human name for a task's function, used in errors and notes."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        func = getattr(fn, "func", None)  # functools.partial
+        if func is not None:
+            return f"partial({describe_callable(func)})"
+        return type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module and module != "builtins" else str(name)
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    """Pickle a task's function, naming it if it cannot be pickled."""
+    try:
+        return dumps(fn)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot pickle the function {describe_callable(fn)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def dumps_arguments(
+    fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> bytes:
+    """Pickle a call's arguments, in the caller, naming the one that fails."""
+    try:
+        return dumps((args, kwargs))
+    except Exception as exc:
+        parts = [
+            *((f"argument {i}", a) for i, a in enumerate(args)),
+            *((f"keyword argument {k!r}", v) for k, v in kwargs.items()),
+        ]
+        raise _unpicklable(f"{fn_name}()", "its arguments", parts, exc) from exc
+
+
+def dumps_items(fn_name: str, first: int, items: list[Any]) -> bytes:
+    """Pickle a chunk of map items, naming the first that fails by position."""
+    try:
+        return dumps(items)
+    except Exception as exc:
+        parts = [(f"item {first + i}", item) for i, item in enumerate(items)]
+        raise _unpicklable(f"map({fn_name}, ...)", "an item", parts, exc) from exc
+
+
+def _unpicklable(
+    call: str, default: str, parts: list[tuple[str, Any]], exc: BaseException
+) -> SerializationError:
+    culprit = default
+    for where, value in parts:
+        try:
+            dumps(value)
+        except Exception:
+            culprit = f"{where} ({_short_repr(value)}, of type {type(value).__qualname__})"
+            break
+    return SerializationError(f"cannot pickle {culprit} of {call}: {type(exc).__name__}: {exc}")
+
+
+# --- exceptions -------------------------------------------------------------
+
+_Extras = tuple[Any, Any, bool, Any, Any]
+
+
+def _rebuild_exception(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None, extras: _Extras
+) -> BaseException:
+    if cls.__module__ == "builtins":
+        exc = cls(*args)  # builtin exceptions' __init__ always matches their args
+    else:
+        try:
+            exc = cls.__new__(cls, *args)
+        except TypeError:
+            exc = cls(*args)
+        exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return _attach_extras(exc, extras)
+
+
+def _rebuild_reduced(
+    func: Callable[..., BaseException], args: tuple[Any, ...], state: Any, extras: _Extras
+) -> BaseException:
+    exc = func(*args)
+    if state:
+        setstate = getattr(exc, "__setstate__", None)
+        if setstate is not None:
+            setstate(state)
+        elif isinstance(state, dict):
+            exc.__dict__.update(state)
+    return _attach_extras(exc, extras)
+
+
+def _attach_extras(exc: BaseException, extras: _Extras) -> BaseException:
+    cause, context, suppress_context, tb, notes = extras
+    exc.__cause__ = cause
+    exc.__context__ = context
+    exc.__suppress_context__ = suppress_context
+    if notes is not None:
+        exc.__notes__ = notes  # type: ignore[attr-defined]  # 3.10 has no notes slot
+    if tb is not None:
+        exc.__traceback__ = Traceback.from_dict(tb).as_traceback()
+    return exc
+
+
+def _reduce_exception(exc: BaseException) -> tuple[Any, ...]:
+    tb = exc.__traceback__
+    extras: _Extras = (
+        exc.__cause__,
+        exc.__context__,
+        exc.__suppress_context__,
+        Traceback(tb).as_dict() if tb is not None else None,
+        getattr(exc, "__notes__", None),
+    )
+    cls = type(exc)
+    if cls.__reduce__ is BaseException.__reduce__ and cls.__reduce_ex__ is BaseException.__reduce_ex__:
+        state = {k: v for k, v in vars(exc).items() if k != "__notes__"} or None
+        return (_rebuild_exception, (cls, exc.args, state, extras))
+    reduced = exc.__reduce_ex__(PROTOCOL)
+    if isinstance(reduced, str) or len(reduced) < 2:
+        raise pickle.PicklingError(f"unsupported reduction for {cls.__qualname__}")
+    state = reduced[2] if len(reduced) > 2 else None
+    if isinstance(state, dict):
+        state = {k: v for k, v in state.items() if k != "__notes__"} or None
+    return (_rebuild_reduced, (reduced[0], tuple(reduced[1]), state, extras))
+
+
+def _reduce_traceback(tb: TracebackType) -> tuple[Any, ...]:
+    return (_rebuild_traceback, (Traceback(tb).as_dict(),))
+
+
+def _rebuild_traceback(data: dict[str, Any]) -> TracebackType | None:
+    return Traceback.from_dict(data).as_traceback()  # type: ignore[no-any-return]
+
+
+def _reduce_code(code: CodeType) -> tuple[Any, ...]:
+    # cloudpickle renames the file of code it pickles by value (functions
+    # from __main__) to "<dynamic-code>"; keep the real one, so remote
+    # tracebacks name the file and show the source line.
+    rebuild, args = cloudpickle.cloudpickle._code_reduce(code)
+    return (_rename_code, (rebuild, args, code.co_filename))
+
+
+def _rename_code(rebuild: Callable[..., CodeType], args: tuple[Any, ...], filename: str) -> CodeType:
+    return rebuild(*args).replace(co_filename=filename)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, plus exceptions as described above and tracebacks.
+
+    A traceback nested in a result (an exception stored in a list, say)
+    travels through tblib instead of failing the whole result.
+    """
+
+    dispatch_table = ChainMap(
+        {TracebackType: _reduce_traceback, CodeType: _reduce_code},
+        cloudpickle.Pickler.dispatch_table,
+    )
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException):
+            return _reduce_exception(obj)
+        return super().reducer_override(obj)
+
+
+def format_exception(exc: BaseException) -> str:
+    try:
+        return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        return f"{type(exc).__qualname__}: <traceback could not be formatted>"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<str() of {type(exc).__qualname__} failed>"
+
+
+def dumps_exception(exc: BaseException) -> bytes:
+    """Pickle an exception raised in a worker; never raises.
+
+    The result unpickles with `loads_exception`: as the exception itself when
+    it survives a round trip here, else as a `RemoteError`.
+    """
+    described = (
+        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        _safe_str(exc),
+        format_exception(exc),
+    )
+    try:
+        payload = dumps(exc)
+        pickle.loads(payload)  # prove it rebuilds before the caller relies on it
+    except BaseException:  # noqa: BLE001  # any failure means: send the description
+        payload = None
+    return pickle.dumps((payload, described), protocol=PROTOCOL)
+
+
+def loads_exception(data: bytes) -> BaseException:
+    """Rebuild an exception sent by `dumps_exception`, or a `RemoteError`."""
+    payload, (type_name, message, formatted) = pickle.loads(data)
+    if payload is not None:
+        try:
+            exc = pickle.loads(payload)
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:
+            pass
+    return RemoteError(type_name, message, formatted)
+
+
+def strip_frames(tb: TracebackType | None, count: int) -> TracebackType | None:
+    """Drop the first ``count`` frames (the worker's own loop) from ``tb``."""
+    for _ in range(count):
+        if tb is None or tb.tb_next is None:
+            break
+        tb = tb.tb_next
+    return tb

@@ -1,0 +1,630 @@
+"""The supervisor: one thread that owns every worker and all dispatch state.
+
+::
+
+    caller threads             supervisor thread                  worker processes
+    ──────────────             ─────────────────                  ────────────────
+    Pool.submit
+      pickles fn and args
+      Task ──(lock)──► pending
+      1 byte ──► wake pipe ──► wait([wake, conn 1..n, sentinel 1..n],
+                                    timeout = nearest deadline)
+                               dispatch ── RUN_TASKS ──► conn i ──► recv, run in order
+                               route    ◄─ TASK_DONE ─── conn i ◄── send after each task
+                                         ◄─ TASK_FAILED
+                               future.set_result / set_exception
+                               sentinel i ready: the worker died
+                                 → blame its oldest outstanding task,
+                                   requeue the others, start a replacement
+
+Who touches what: only this thread reads and writes the parent's end of a
+worker's Pipe and starts, kills and joins workers; only worker i uses the
+other end. Caller threads only append to ``pending`` (under ``_lock``) and
+write one byte to the wake pipe. No queue is shared with a worker, so no
+lock can be left held by a worker that dies.
+
+Futures' done callbacks run in this thread, as in ProcessPoolExecutor: a
+callback that blocks delays every other task of the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.connection
+import multiprocessing.context
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _protocol as proto
+from . import _worker
+from ._errors import (
+    InitializerFailed,
+    PoolClosed,
+    SerializationError,
+    TaskTimeout,
+    WorkerLost,
+    describe_exit,
+)
+from ._futures import Future
+from ._processes import kill_tree
+from ._serialize import loads, loads_exception
+
+logger = logging.getLogger("pool")
+
+# After this many workers in a row die before they are ready (a failing
+# initializer, an import error), the pool stops respawning and fails pending
+# work. Higher tolerates a flaky initializer longer; lower gives up sooner on a
+# transient failure.
+MAX_START_FAILURES = 3
+
+# A worker holds at most this many tasks: the one it runs and the ones queued
+# behind it in its pipe, so it never waits for the supervisor between short
+# tasks. Queued tasks cannot move to an idle worker, so the supervisor only
+# queues behind tasks it has seen finish in under PREFETCH_BELOW seconds.
+MAX_OUTSTANDING = 4
+PREFETCH_BELOW = 0.005
+
+# Task bytes that may sit unread in a busy worker's pipe. A busy worker may be
+# blocked writing a large result to us; if we also blocked writing to it, both
+# would wait forever. Below the socket buffer size, a send never blocks. An
+# idle worker is always reading, so a task of any size may go to it.
+PIPE_BUDGET = 32 * 1024
+
+# How long workers have to leave after the stop sentinel before SIGTERM, and
+# after SIGTERM before SIGKILL.
+STOP_GRACE = 5.0
+TERMINATE_GRACE = 2.0
+
+@dataclass(eq=False, slots=True)
+class Task:
+    """One unit of work, pickled in the caller's thread."""
+
+    id: int
+    future: Future[Any]
+    name: str
+    kind: int
+    fn_id: int | None
+    fn_bytes: bytes
+    args_bytes: bytes
+    timeout: float | None
+    retries: int
+    attempts: int = 0
+    # When the worker began it, by our clock: see _protocol on why the
+    # oldest outstanding task is the running one.
+    started: float | None = None
+
+
+class _Worker:
+    __slots__ = (
+        "cached",
+        "conn",
+        "doomed",
+        "init_error",
+        "outstanding",
+        "pid",
+        "process",
+        "ready",
+        "sent",
+        "speed",
+        "stopping",
+    )
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Any) -> None:
+        self.process = process
+        self.conn = conn
+        self.pid: int | None = process.pid
+        self.ready = False
+        self.stopping = False
+        self.doomed = False  # killed by us: its outstanding tasks are not to blame
+        self.outstanding: deque[Task] = deque()
+        self.cached: proto.LruKeys[int] = proto.LruKeys()
+        self.sent = 0
+        self.speed: float | None = None  # smoothed task duration, seconds
+        self.init_error: BaseException | None = None
+
+    def capacity(self) -> int:
+        if not self.ready or self.stopping or self.doomed:
+            return 0
+        if not self.outstanding:
+            return 1
+        if self.speed is None or self.speed >= PREFETCH_BELOW:
+            return 0
+        if sum(len(t.args_bytes) + len(t.fn_bytes) for t in self.outstanding) > PIPE_BUDGET:
+            return 0
+        return MAX_OUTSTANDING - len(self.outstanding)
+
+
+class Supervisor:
+    """Owns the workers of one `Pool`; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_workers: int,
+        context: multiprocessing.context.BaseContext,
+        init: tuple[bytes, bytes] | None,
+        max_tasks_per_child: int | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_workers = max_workers
+        self._context = context
+        self._init = init
+        self._max_tasks = max_tasks_per_child
+        self._clock = clock
+
+        self._lock = threading.Lock()
+        self._pending: deque[Task] = deque()
+        self._closing = False
+        self._broken: BaseException | None = None
+
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._wake_sent = False
+        self._wake_closed = False
+
+        self._workers: list[_Worker] = []
+        self._by_conn: dict[Any, _Worker] = {}
+        self._by_sentinel: dict[int, _Worker] = {}
+        self._start_failures = 0
+        self._stop_deadline: float | None = None
+        self._terminated = False
+        self._thread = threading.Thread(target=self._main, name="pool-supervisor", daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    # --- called from caller threads ----------------------------------------
+
+    def submit(self, task: Task) -> None:
+        if not self._started:
+            self._start_thread()
+        with self._lock:
+            if self._closing:
+                raise PoolClosed("cannot submit: the pool was shut down")
+            if self._broken is not None:
+                raise _copy_error(self._broken)
+            self._pending.append(task)
+            self._wake()
+
+    def shutdown(self, cancel_futures: bool) -> None:
+        with self._lock:
+            self._closing = True
+            cancelled = list(self._pending) if cancel_futures else []
+            if cancel_futures:
+                self._pending.clear()
+            self._wake()
+        # Outside the lock: cancelling runs done callbacks, which may submit.
+        for task in cancelled:
+            task.future.cancel()
+        if not self._started:
+            self._close_wake_pipe()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._started:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._started and self._thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in list(self._workers) if w.pid is not None]
+
+    def _start_thread(self) -> None:
+        with self._start_lock:
+            if not self._started:
+                self._thread.start()
+                self._started = True
+
+    def _wake(self) -> None:
+        # Called with _lock held, so the pipe cannot be closed under us (a
+        # closed fd number may already name someone else's file). The flag
+        # spares a syscall per submit while a wake-up is pending; the
+        # supervisor clears it *before* it drains the pipe and looks at
+        # `pending`, so a task appended after that is seen or re-wakes.
+        if not self._wake_sent and not self._wake_closed:
+            self._wake_sent = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # full (a wake-up is pending anyway) or closed (shut down)
+
+    # --- the supervisor thread ---------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._spawn_missing()
+            while True:
+                self._dispatch()
+                if self._finished():
+                    break
+                self._wait_and_handle()
+        except BaseException as exc:  # a bug here must fail futures, not hang them
+            logger.exception("pool supervisor crashed; failing all work")
+            self._fail_all(exc)
+            for worker in list(self._workers):
+                kill_tree_safely(worker)
+            raise
+        finally:
+            self._reap_all()
+            self._close_wake_pipe()
+
+    def _wait_and_handle(self) -> None:
+        now = self._clock()
+        deadline = self._next_deadline(now)
+        timeout = None if deadline is None else max(0.0, deadline - now)
+        waitables: list[Any] = [self._wake_r, *self._by_conn, *self._by_sentinel]
+        ready = multiprocessing.connection.wait(waitables, timeout)
+        dead: list[_Worker] = []
+        for obj in ready:
+            if obj == self._wake_r:
+                self._wake_sent = False
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif isinstance(obj, int):
+                dead.append(self._by_sentinel[obj])
+            else:
+                worker = self._by_conn.get(obj)
+                if worker is not None:
+                    self._receive(worker)
+        for worker in dead:
+            self._on_exit(worker)
+        self._enforce_deadlines(self._clock())
+
+    # --- dispatch -----------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        if not self._pending:
+            return
+        batches: dict[_Worker, list[Task]] = {}
+        with self._lock:
+            while self._pending:
+                worker = self._least_loaded(batches)
+                if worker is None:
+                    break
+                task = self._pending.popleft()
+                if task.attempts == 0 and not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled while it waited
+                batches.setdefault(worker, []).append(task)
+        now = self._clock()
+        for worker, tasks in batches.items():
+            self._send_tasks(worker, tasks, now)
+
+    def _least_loaded(self, batches: dict[_Worker, list[Task]]) -> _Worker | None:
+        best: _Worker | None = None
+        best_load = 0
+        for worker in self._workers:
+            extra = len(batches.get(worker, ()))
+            if worker.capacity() - extra <= 0:
+                continue
+            if self._max_tasks is not None and worker.sent + extra >= self._max_tasks:
+                continue
+            load = len(worker.outstanding) + extra
+            if best is None or load < best_load:
+                best, best_load = worker, load
+        return best
+
+    def _send_tasks(self, worker: _Worker, tasks: list[Task], now: float) -> None:
+        entries = []
+        for task in tasks:
+            fn_bytes: bytes | None = task.fn_bytes
+            if task.fn_id is not None:
+                if task.fn_id in worker.cached:
+                    fn_bytes = None
+                worker.cached.touch(task.fn_id)
+            entries.append((task.id, task.kind, task.fn_id, fn_bytes, task.args_bytes))
+            task.attempts += 1
+        if not worker.outstanding:
+            tasks[0].started = now
+        worker.outstanding.extend(tasks)
+        worker.sent += len(tasks)
+        message = _pickle((proto.RUN_TASKS, entries))
+        recycle = self._max_tasks is not None and worker.sent >= self._max_tasks
+        try:
+            worker.conn.send_bytes(message)
+            if recycle:
+                # Leaves by the sentinel after its last task; a fresh
+                # worker is started now so the pool does not shrink.
+                worker.stopping = True
+                worker.conn.send_bytes(_pickle(proto.STOP))
+        except OSError:
+            # The worker is dying; its sentinel will tell us, and the tasks
+            # just sent are handled with its other outstanding tasks.
+            pass
+        if recycle:
+            self._spawn_missing()
+
+    # --- events from workers -----------------------------------------------
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            data = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._drop_conn(worker)
+            return
+        self._handle(worker, loads(data))
+
+    def _handle(self, worker: _Worker, message: Any) -> None:
+        tag = message[0]
+        if tag == proto.TASK_DONE or tag == proto.TASK_FAILED:
+            if not worker.outstanding or worker.outstanding[0].id != message[1]:
+                return  # a late event for a task that already timed out
+            task = worker.outstanding.popleft()
+            now = self._clock()
+            if task.started is not None:
+                elapsed = now - task.started
+                worker.speed = elapsed if worker.speed is None else 0.8 * worker.speed + 0.2 * elapsed
+            if worker.outstanding:
+                worker.outstanding[0].started = now
+            if tag == proto.TASK_DONE:
+                self._deliver_result(task, message[2])
+            else:
+                self._deliver_error(task, message[2], worker.pid)
+        elif tag == proto.WORKER_READY:
+            worker.ready = True
+            self._start_failures = 0
+        elif tag == proto.INIT_FAILED:
+            worker.init_error = loads_exception(message[1])
+
+    @staticmethod
+    def _deliver_result(task: Task, payload: bytes) -> None:
+        try:
+            value = loads(payload)
+        except BaseException as exc:  # noqa: BLE001  # any unpickling failure fails the task only
+            error = SerializationError(
+                f"cannot unpickle the result of {task.name}: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            task.future.set_exception(error)
+        else:
+            task.future.set_result(value)
+
+    @staticmethod
+    def _deliver_error(task: Task, payload: bytes, pid: int | None) -> None:
+        exc = loads_exception(payload)
+        _add_note(exc, f"raised in worker pid {pid} while running {task.name}")
+        task.future.set_exception(exc)
+
+    def _drop_conn(self, worker: _Worker) -> None:
+        """The pipe closed or broke: the worker is gone or useless; end it."""
+        self._by_conn.pop(worker.conn, None)
+        if not worker.stopping:
+            kill_tree_safely(worker)
+
+    def _on_exit(self, worker: _Worker) -> None:
+        # Results sent just before the death are still in the pipe: take
+        # them first, so only the task really running is blamed.
+        if worker.conn in self._by_conn:
+            try:
+                while worker.conn.poll():
+                    self._handle(worker, loads(worker.conn.recv_bytes()))
+            except (EOFError, OSError):
+                pass
+        worker.process.join(5)
+        exitcode = worker.process.exitcode
+        self._forget(worker)
+        if not worker.ready:
+            self._on_start_failure(worker, exitcode)
+        elif worker.outstanding:
+            if not worker.doomed:  # doomed: we killed it, its running task is settled
+                self._on_task_lost(worker.outstanding.popleft(), worker, exitcode)
+            with self._lock:
+                # Queued behind the running task, never started: run them
+                # elsewhere, ahead of newer work.
+                for task in reversed(worker.outstanding):
+                    task.started = None
+                    self._pending.appendleft(task)
+            worker.outstanding.clear()
+        self._spawn_missing()
+
+    def _on_task_lost(self, task: Task, worker: _Worker, exitcode: int | None) -> None:
+        if task.attempts <= task.retries:
+            task.started = None
+            with self._lock:
+                self._pending.appendleft(task)
+            return
+        task.future.set_exception(
+            WorkerLost(worker.pid, exitcode, task.name, attempts=task.attempts)
+        )
+
+    def _on_start_failure(self, worker: _Worker, exitcode: int | None) -> None:
+        self._start_failures += 1
+        if self._start_failures < MAX_START_FAILURES or self._closing:
+            return
+        if worker.init_error is not None:
+            from ._serialize import format_exception
+
+            error = InitializerFailed(
+                f"workers failed to start {self._start_failures} times in a row; "
+                f"the initializer raised {type(worker.init_error).__name__}: {worker.init_error}",
+                format_exception(worker.init_error),
+            )
+            error.__cause__ = worker.init_error
+        else:
+            error = InitializerFailed(
+                f"workers failed to start {self._start_failures} times in a row; "
+                f"the last one (pid {worker.pid}) died with {describe_exit(exitcode)} "
+                "before it was ready"
+            )
+        self._break(error)
+
+    def _break(self, error: BaseException) -> None:
+        with self._lock:
+            self._broken = error
+            doomed = list(self._pending)
+            self._pending.clear()
+        for task in doomed:
+            _fail(task, error)
+
+    # --- deadlines ------------------------------------------------------------
+
+    def _next_deadline(self, now: float) -> float | None:
+        deadline = self._stop_deadline
+        for worker in self._workers:
+            if worker.doomed or not worker.outstanding:
+                continue
+            task = worker.outstanding[0]
+            if task.timeout is not None and task.started is not None:
+                due = task.started + task.timeout
+                deadline = due if deadline is None else min(deadline, due)
+        return deadline
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for worker in list(self._workers):
+            if worker.doomed or not worker.outstanding:
+                continue
+            task = worker.outstanding[0]
+            if task.timeout is None or task.started is None or now < task.started + task.timeout:
+                continue
+            # Its result may already be in the pipe: a finished task is not late.
+            if worker.conn in self._by_conn:
+                try:
+                    while worker.conn.poll() and worker.outstanding and worker.outstanding[0] is task:
+                        self._handle(worker, loads(worker.conn.recv_bytes()))
+                except (EOFError, OSError):
+                    pass
+            if worker.outstanding and worker.outstanding[0] is task:
+                worker.outstanding.popleft()
+                worker.doomed = True
+                kill_tree_safely(worker)
+                _fail(task, TaskTimeout(task.name, task.timeout, worker.pid))
+        if self._stop_deadline is not None and now >= self._stop_deadline:
+            self._escalate()
+
+    # --- worker lifecycle ---------------------------------------------------
+
+    def _live(self) -> int:
+        return sum(1 for w in self._workers if not (w.stopping or w.doomed))
+
+    def _spawn_missing(self) -> None:
+        if self._closing and not self._pending:
+            return
+        while self._broken is None and self._live() < self._max_workers:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=_worker.main,
+            args=(child_conn, self._init),
+            name="pool-worker",
+        )
+        try:
+            process.start()
+        finally:
+            child_conn.close()
+        worker = _Worker(process, parent_conn)
+        self._workers.append(worker)
+        self._by_conn[parent_conn] = worker
+        self._by_sentinel[process.sentinel] = worker
+
+    def _forget(self, worker: _Worker) -> None:
+        self._workers.remove(worker)
+        self._by_conn.pop(worker.conn, None)
+        self._by_sentinel.pop(worker.process.sentinel, None)
+        worker.conn.close()
+        try:
+            worker.process.close()
+        except ValueError:  # still running: leave it to the garbage collector
+            pass
+
+    def _finished(self) -> bool:
+        if not (self._closing or self._broken is not None):
+            return False
+        if self._pending or any(w.outstanding for w in self._workers):
+            return False
+        if not self._workers:
+            return True
+        if self._stop_deadline is None:
+            for worker in self._workers:
+                if not worker.stopping:
+                    worker.stopping = True
+                    try:
+                        worker.conn.send_bytes(_pickle(proto.STOP))
+                    except OSError:
+                        pass
+            self._stop_deadline = self._clock() + STOP_GRACE
+        return False
+
+    def _escalate(self) -> None:
+        if not self._terminated:
+            self._terminated = True
+            for worker in self._workers:
+                try:
+                    worker.process.terminate()
+                except (OSError, ValueError):
+                    pass
+            self._stop_deadline = self._clock() + TERMINATE_GRACE
+        else:
+            for worker in self._workers:
+                kill_tree_safely(worker)
+            self._stop_deadline = self._clock() + TERMINATE_GRACE
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            self._broken = error
+            tasks = list(self._pending)
+            self._pending.clear()
+        for worker in self._workers:
+            tasks.extend(worker.outstanding)
+            worker.outstanding.clear()
+        for task in tasks:
+            _fail(task, error)
+
+    def _reap_all(self) -> None:
+        for worker in list(self._workers):
+            if worker.process.exitcode is None:
+                kill_tree_safely(worker)
+            worker.process.join(5)
+            self._forget(worker)
+
+    def _close_wake_pipe(self) -> None:
+        with self._lock:
+            if self._wake_closed:
+                return
+            self._wake_closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+
+def kill_tree_safely(worker: _Worker) -> None:
+    pid = worker.pid
+    if pid is not None and worker.process.exitcode is None:
+        kill_tree(pid)
+
+
+def _fail(task: Task, error: BaseException) -> None:
+    if not task.future.done():
+        if task.attempts == 0 and not task.future.set_running_or_notify_cancel():
+            return
+        task.future.set_exception(error)
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    """A fresh instance, so raising it again does not grow one traceback."""
+    try:
+        copy = type(error)(*error.args)
+    except Exception:
+        return error
+    copy.__cause__ = error.__cause__
+    return copy
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(note)
+    else:  # Python 3.10: kept for callers that read __notes__
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
+
+
+def _pickle(obj: object) -> bytes:
+    import pickle
+
+    return pickle.dumps(obj, protocol=5)

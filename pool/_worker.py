@@ -1,0 +1,191 @@
+"""The worker process: receive tasks over its Pipe, run them, send events back.
+
+This module is what runs in the child. It imports little, so a worker is
+quick to start, and it keeps its own promises:
+
+* SIGINT is ignored: Ctrl-C is the caller's to handle, and the supervisor
+  decides when workers stop.
+* ``faulthandler`` is on, so a segfault leaves a C-level trace on stderr.
+* A watchdog thread waits on the parent's sentinel. When the parent dies,
+  even by SIGKILL and even while a task is running, the worker kills the
+  processes the task started and exits at once.
+* A result, or an exception, is pickled inside the task's ``try``: if it
+  cannot be pickled the task fails with a clear error and the worker lives.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _protocol as proto
+from ._errors import SerializationError
+from ._serialize import describe_callable, dumps, dumps_exception, loads
+
+# Exit status of a worker whose parent vanished; nobody reads it but `ps`.
+PARENT_DIED_EXIT = 70
+INIT_FAILED_EXIT = 71
+
+
+def _kill_children_and_exit(status: int) -> None:
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+    finally:
+        os._exit(status)
+
+
+def _watch_parent() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    multiprocessing.connection.wait([parent.sentinel])
+    _kill_children_and_exit(PARENT_DIED_EXIT)
+
+
+class _BrokenFunction:
+    """Stands in the cache for a function whose bytes would not unpickle.
+
+    The supervisor believes the worker holds the function (see `LruKeys`), so
+    later tasks for it arrive without bytes; they fail with the same error.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+
+def _run(fn: Callable[..., Any], kind: int, args_bytes: bytes) -> Any:
+    if kind == proto.CALL:
+        args, kwargs = loads(args_bytes)
+        return fn(*args, **kwargs)
+    return _run_chunk(fn, kind == proto.STARMAP_CHUNK, loads(args_bytes))
+
+
+def _run_chunk(
+    fn: Callable[..., Any], star: bool, items: list[Any]
+) -> tuple[list[Any], bytes | None, float]:
+    start = time.perf_counter()
+    results = []
+    try:
+        if star:
+            for item in items:
+                results.append(fn(*item))
+        else:
+            for item in items:
+                results.append(fn(item))
+    except BaseException as exc:  # noqa: BLE001  # the caller raises it at this item's place
+        return results, dumps_exception(_strip_own_frames(exc)), time.perf_counter() - start
+    return results, None, time.perf_counter() - start
+
+
+def _strip_own_frames(exc: BaseException) -> BaseException:
+    """Drop this module's frames so the remote traceback starts in the user's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    exc.__traceback__ = tb
+    return exc
+
+
+def _failure(task_id: int, exc: BaseException) -> bytes:
+    return pickle.dumps(
+        (proto.TASK_FAILED, task_id, dumps_exception(_strip_own_frames(exc))), protocol=5
+    )
+
+
+def main(conn: multiprocessing.connection.Connection, init: tuple[bytes, bytes] | None) -> None:
+    """The worker's life: initialize, announce, serve until the sentinel."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable()
+    threading.Thread(target=_watch_parent, name="pool-parent-watchdog", daemon=True).start()
+
+    if init is not None:
+        try:
+            initializer = loads(init[0])
+            initargs, _ = loads(init[1])
+            initializer(*initargs)
+        except BaseException as exc:  # noqa: BLE001  # SystemExit in an initializer is a failure too
+            conn.send_bytes(pickle.dumps((proto.INIT_FAILED, dumps_exception(exc)), protocol=5))
+            conn.close()
+            sys.exit(INIT_FAILED_EXIT)
+        del init
+
+    conn.send_bytes(pickle.dumps((proto.WORKER_READY, os.getpid()), protocol=5))
+    functions: dict[int, Callable[..., Any]] = {}
+    cached: proto.LruKeys[int] = proto.LruKeys()
+    send = conn.send_bytes
+    while True:
+        try:
+            message = loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            _kill_children_and_exit(PARENT_DIED_EXIT)
+        if message is proto.STOP:
+            break
+        for task_id, kind, fn_id, fn_bytes, args_bytes in message[1]:
+            fn: Callable[..., Any]
+            if fn_bytes is not None:
+                try:
+                    fn = loads(fn_bytes)
+                except BaseException as exc:  # noqa: BLE001  # reported as the task's failure
+                    fn = _BrokenFunction(exc)
+                if fn_id is not None:
+                    functions[fn_id] = fn
+            else:
+                fn = functions[fn_id]
+            if fn_id is not None:
+                evicted = cached.touch(fn_id)
+                if evicted is not None:
+                    del functions[evicted]
+            try:
+                result = _run(fn, kind, args_bytes)
+            except BaseException as exc:  # noqa: BLE001  # SystemExit and KeyboardInterrupt fail the task only
+                reply = _failure(task_id, exc)
+                del exc
+            else:
+                try:
+                    reply = pickle.dumps((proto.TASK_DONE, task_id, dumps(result)), protocol=5)
+                except BaseException as exc:  # noqa: BLE001  # unpicklable result fails the task only
+                    error = SerializationError(
+                        f"cannot pickle the result of {describe_callable(fn)}, "
+                        f"of type {type(result).__qualname__}: {type(exc).__name__}: {exc}"
+                    )
+                    error.__cause__ = exc
+                    reply = _failure(task_id, error)
+                    del exc, error
+                del result
+            del fn
+            try:
+                send(reply)
+            except OSError:
+                _kill_children_and_exit(PARENT_DIED_EXIT)
+            del reply
+            _flush_output()
+    conn.close()
+
+
+def _flush_output() -> None:
+    # Output a task printed reaches the terminal now, not when the buffer
+    # fills: a worker killed later must not take it with it.
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
