@@ -24,10 +24,8 @@ __all__ = [
 # On Python 3.10 concurrent.futures.TimeoutError is not the builtin one; a
 # TaskTimeout must be caught by `except TimeoutError` and by code written for
 # concurrent.futures alike.
-_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
-    (TimeoutError,)
-    if concurrent.futures.TimeoutError is TimeoutError
-    else (TimeoutError, concurrent.futures.TimeoutError)
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = tuple(
+    {TimeoutError: None, concurrent.futures.TimeoutError: None}
 )
 
 

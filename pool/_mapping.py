@@ -101,7 +101,7 @@ class ChunkedResults(Iterator[Any]):
         self._ordered = ordered
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._in_flight: deque[Future[Any]] = deque()
-        self._completed: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+        self._completed: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._position: dict[Future[Any], int] = {}
         self._next_item = 0
         self._exhausted = False
@@ -120,7 +120,7 @@ class ChunkedResults(Iterator[Any]):
             self._next_item += len(chunk)
             self._in_flight.append(future)
             if not self._ordered:
-                future.add_done_callback(self._completed.put)
+                future.add_done_callback(self._completed.put_nowait)
 
     def _remaining(self) -> float | None:
         if self._deadline is None:

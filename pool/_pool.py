@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 from . import _protocol as proto
 from ._errors import PoolClosed
 from ._futures import Future
-from ._mapping import WINDOW_PER_WORKER, Chunker, ChunkedResults, length_of, static_chunksize
+from ._mapping import WINDOW_PER_WORKER, ChunkedResults, Chunker, length_of, static_chunksize
 from ._processes import resolve_context
 from ._serialize import describe_callable, dumps_arguments, dumps_function, dumps_items
 from ._supervisor import Supervisor, Task
@@ -55,9 +55,10 @@ def _check_timeout(name: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__qualname__}")
-    if not value > 0:  # also rejects NaN
+    seconds = float(value)
+    if not seconds > 0:  # also rejects NaN
         raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
-    return float(value)
+    return seconds
 
 
 def _check_count(name: str, value: object, minimum: int) -> int:
@@ -127,7 +128,7 @@ class _TaskAPI:
         args_bytes = dumps_arguments(name, args, kwargs)
         return pool._enqueue(name, proto.CALL, fn_id, fn_bytes, args_bytes, self._timeout, self._retries)
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., R],
         *iterables: Iterable[Any],
@@ -157,9 +158,13 @@ class _TaskAPI:
             window = WINDOW_PER_WORKER * workers
         if len(iterables) == 1:
             return self._chunked(fn, iter(iterables[0]), proto.MAP_CHUNK, chunker, window, True, timeout)
-        return self._chunked(fn, zip(*iterables), proto.STARMAP_CHUNK, chunker, window, True, timeout)
+        # zip stops at the shortest input, as the builtin map does.
+        items = zip(*iterables)  # noqa: B905
+        return self._chunked(fn, items, proto.STARMAP_CHUNK, chunker, window, True, timeout)
 
-    def imap(self, fn: Callable[..., R], iterable: Iterable[Any], *, chunksize: int | None = None) -> Iterator[R]:
+    def imap(
+        self, fn: Callable[..., R], iterable: Iterable[Any], *, chunksize: int | None = None
+    ) -> Iterator[R]:
         """Lazily map ``fn`` over ``iterable``; results in input order."""
         return self._lazy(fn, iterable, proto.MAP_CHUNK, chunksize, ordered=True)
 
@@ -272,7 +277,8 @@ class Pool(_TaskAPI, Executor):
             _check_callable(initializer, "initializer")
             if not isinstance(initargs, tuple):
                 raise TypeError(f"initargs must be a tuple, not {type(initargs).__qualname__}")
-            init = (dumps_function(initializer), dumps_arguments(describe_callable(initializer), initargs, {}))
+            name = describe_callable(initializer)
+            init = (dumps_function(initializer), dumps_arguments(name, initargs, {}))
         if max_tasks_per_child is not None:
             max_tasks_per_child = _check_count("max_tasks_per_child", max_tasks_per_child, 1)
         self._pool = self

@@ -43,7 +43,8 @@ still has. ``fn_id`` is ``None`` for callables that are not cached (see
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Generic, Hashable, TypeVar
+from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 RUN_TASKS = 1
 STOP = None

@@ -46,7 +46,7 @@ def dumps(obj: object) -> bytes:
 def _short_repr(obj: object) -> str:
     try:
         return reprlib.repr(obj)
-    except Exception:  # a broken __repr__ must not hide the real error
+    except Exception:  # noqa: BLE001  # a broken __repr__ must not hide the real error
         return f"<{type(obj).__qualname__} object>"
 
 
@@ -103,7 +103,7 @@ def _unpicklable(
     for where, value in parts:
         try:
             dumps(value)
-        except Exception:
+        except Exception:  # noqa: BLE001  # any failure marks the culprit
             culprit = f"{where} ({_short_repr(value)}, of type {type(value).__qualname__})"
             break
     return SerializationError(f"cannot pickle {culprit} of {call}: {type(exc).__name__}: {exc}")
@@ -204,7 +204,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     travels through tblib instead of failing the whole result.
     """
 
-    dispatch_table = ChainMap(
+    dispatch_table = ChainMap(  # noqa: RUF012  # pickle reads it on the class, as cloudpickle sets it
         {TracebackType: _reduce_traceback, CodeType: _reduce_code},
         cloudpickle.Pickler.dispatch_table,
     )
@@ -218,14 +218,14 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 def format_exception(exc: BaseException) -> str:
     try:
         return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
+    except Exception:  # noqa: BLE001  # a broken __str__ must not lose the error
         return f"{type(exc).__qualname__}: <traceback could not be formatted>"
 
 
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:
+    except Exception:  # noqa: BLE001  # a broken __str__ must not lose the error
         return f"<str() of {type(exc).__qualname__} failed>"
 
 
@@ -256,7 +256,7 @@ def loads_exception(data: bytes) -> BaseException:
             exc = pickle.loads(payload)
             if isinstance(exc, BaseException):
                 return exc
-        except Exception:
+        except Exception:  # noqa: BLE001  # the description below stands in for it
             pass
     return RemoteError(type_name, message, formatted)
 

@@ -352,7 +352,7 @@ class Supervisor:
 
     def _handle(self, worker: _Worker, message: Any) -> None:
         tag = message[0]
-        if tag == proto.TASK_DONE or tag == proto.TASK_FAILED:
+        if tag in (proto.TASK_DONE, proto.TASK_FAILED):
             if not worker.outstanding or worker.outstanding[0].id != message[1]:
                 return  # a late event for a task that already timed out
             task = worker.outstanding.popleft()
@@ -610,7 +610,7 @@ def _copy_error(error: BaseException) -> BaseException:
     """A fresh instance, so raising it again does not grow one traceback."""
     try:
         copy = type(error)(*error.args)
-    except Exception:
+    except Exception:  # noqa: BLE001  # then the original will do
         return error
     copy.__cause__ = error.__cause__
     return copy

@@ -110,27 +110,71 @@ def _failure(task_id: int, exc: BaseException) -> bytes:
     )
 
 
+class _Functions:
+    """The worker's end of the function cache described in `pool._protocol`."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Callable[..., Any]] = {}
+        self._order: proto.LruKeys[int] = proto.LruKeys()
+
+    def get(self, fn_id: int | None, fn_bytes: bytes | None) -> Callable[..., Any]:
+        fn: Callable[..., Any]
+        if fn_bytes is not None:
+            try:
+                fn = loads(fn_bytes)
+            except BaseException as exc:  # noqa: BLE001  # reported as the task's failure
+                fn = _BrokenFunction(exc)
+            if fn_id is not None:
+                self._by_id[fn_id] = fn
+        else:
+            assert fn_id is not None  # the supervisor sends bytes with every uncached call
+            fn = self._by_id[fn_id]
+        if fn_id is not None:
+            evicted = self._order.touch(fn_id)
+            if evicted is not None:
+                del self._by_id[evicted]
+        return fn
+
+
+def _execute(fn: Callable[..., Any], task_id: int, kind: int, args_bytes: bytes) -> bytes:
+    """Run one task; return the event to send. Never raises."""
+    try:
+        result = _run(fn, kind, args_bytes)
+    except BaseException as exc:  # noqa: BLE001  # SystemExit and KeyboardInterrupt fail the task only
+        return _failure(task_id, exc)
+    try:
+        return pickle.dumps((proto.TASK_DONE, task_id, dumps(result)), protocol=5)
+    except BaseException as exc:  # noqa: BLE001  # an unpicklable result fails the task only
+        error = SerializationError(
+            f"cannot pickle the result of {describe_callable(fn)}, "
+            f"of type {type(result).__qualname__}: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return _failure(task_id, error)
+
+
+def _initialize(conn: multiprocessing.connection.Connection, init: tuple[bytes, bytes]) -> None:
+    try:
+        initializer = loads(init[0])
+        initargs, _ = loads(init[1])
+        initializer(*initargs)
+    except BaseException as exc:  # noqa: BLE001  # SystemExit in an initializer is a failure too
+        conn.send_bytes(pickle.dumps((proto.INIT_FAILED, dumps_exception(exc)), protocol=5))
+        conn.close()
+        sys.exit(INIT_FAILED_EXIT)
+
+
 def main(conn: multiprocessing.connection.Connection, init: tuple[bytes, bytes] | None) -> None:
     """The worker's life: initialize, announce, serve until the sentinel."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()
     threading.Thread(target=_watch_parent, name="pool-parent-watchdog", daemon=True).start()
-
     if init is not None:
-        try:
-            initializer = loads(init[0])
-            initargs, _ = loads(init[1])
-            initializer(*initargs)
-        except BaseException as exc:  # noqa: BLE001  # SystemExit in an initializer is a failure too
-            conn.send_bytes(pickle.dumps((proto.INIT_FAILED, dumps_exception(exc)), protocol=5))
-            conn.close()
-            sys.exit(INIT_FAILED_EXIT)
+        _initialize(conn, init)
         del init
 
     conn.send_bytes(pickle.dumps((proto.WORKER_READY, os.getpid()), protocol=5))
-    functions: dict[int, Callable[..., Any]] = {}
-    cached: proto.LruKeys[int] = proto.LruKeys()
-    send = conn.send_bytes
+    functions = _Functions()
     while True:
         try:
             message = loads(conn.recv_bytes())
@@ -139,40 +183,11 @@ def main(conn: multiprocessing.connection.Connection, init: tuple[bytes, bytes] 
         if message is proto.STOP:
             break
         for task_id, kind, fn_id, fn_bytes, args_bytes in message[1]:
-            fn: Callable[..., Any]
-            if fn_bytes is not None:
-                try:
-                    fn = loads(fn_bytes)
-                except BaseException as exc:  # noqa: BLE001  # reported as the task's failure
-                    fn = _BrokenFunction(exc)
-                if fn_id is not None:
-                    functions[fn_id] = fn
-            else:
-                fn = functions[fn_id]
-            if fn_id is not None:
-                evicted = cached.touch(fn_id)
-                if evicted is not None:
-                    del functions[evicted]
+            # The reply is built and sent before the next task starts: see
+            # _protocol on why this order is what blames a crash correctly.
+            reply = _execute(functions.get(fn_id, fn_bytes), task_id, kind, args_bytes)
             try:
-                result = _run(fn, kind, args_bytes)
-            except BaseException as exc:  # noqa: BLE001  # SystemExit and KeyboardInterrupt fail the task only
-                reply = _failure(task_id, exc)
-                del exc
-            else:
-                try:
-                    reply = pickle.dumps((proto.TASK_DONE, task_id, dumps(result)), protocol=5)
-                except BaseException as exc:  # noqa: BLE001  # unpicklable result fails the task only
-                    error = SerializationError(
-                        f"cannot pickle the result of {describe_callable(fn)}, "
-                        f"of type {type(result).__qualname__}: {type(exc).__name__}: {exc}"
-                    )
-                    error.__cause__ = exc
-                    reply = _failure(task_id, error)
-                    del exc, error
-                del result
-            del fn
-            try:
-                send(reply)
+                conn.send_bytes(reply)
             except OSError:
                 _kill_children_and_exit(PARENT_DIED_EXIT)
             del reply
