@@ -133,7 +133,7 @@ class ChunkedResults(Iterator[Any]):
             future.result(self._remaining())  # raises TimeoutError or the chunk's error
             return future
         try:
-            future = self._completed.get(timeout=self._remaining())
+            future: Future[Any] = self._completed.get(timeout=self._remaining())
         except queue.Empty:
             raise FuturesTimeoutError() from None
         self._in_flight.remove(future)
