@@ -128,12 +128,13 @@ class ChunkedResults(Iterator[Any]):
         return max(0.0, self._deadline - time.monotonic())
 
     def _next_done(self) -> Future[Any]:
+        future: Future[Any]
         if self._ordered:
             future = self._in_flight.popleft()
             future.result(self._remaining())  # raises TimeoutError or the chunk's error
             return future
         try:
-            future: Future[Any] = self._completed.get(timeout=self._remaining())
+            future = self._completed.get(timeout=self._remaining())
         except queue.Empty:
             raise FuturesTimeoutError() from None
         self._in_flight.remove(future)
