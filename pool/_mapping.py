@@ -130,9 +130,14 @@ class ChunkedResults(Iterator[Any]):
     def _next_done(self) -> Future[Any]:
         future: Future[Any]
         if self._ordered:
-            future = self._in_flight.popleft()
-            future.result(self._remaining())  # raises TimeoutError or the chunk's error
-            return future
+            future = self._in_flight[0]
+            try:
+                future.result(self._remaining())
+            except FuturesTimeoutError:
+                raise  # still in flight: close() cancels it
+            except BaseException:  # noqa: BLE001  # the chunk failed: __next__ raises it below
+                pass
+            return self._in_flight.popleft()
         try:
             future = self._completed.get(timeout=self._remaining())
         except queue.Empty:

@@ -112,6 +112,7 @@ class _Worker:
         "sent",
         "speed",
         "stopping",
+        "unreachable",
     )
 
     def __init__(self, process: multiprocessing.process.BaseProcess, conn: Any) -> None:
@@ -120,6 +121,7 @@ class _Worker:
         self.pid: int | None = process.pid
         self.ready = False
         self.stopping = False
+        self.unreachable = False  # a send to it failed: it is dead or dying
         self.doomed = False  # killed by us: its outstanding tasks are not to blame
         self.outstanding: deque[Task] = deque()
         self.cached: proto.LruKeys[int] = proto.LruKeys()
@@ -128,7 +130,7 @@ class _Worker:
         self.init_error: BaseException | None = None
 
     def capacity(self) -> int:
-        if not self.ready or self.stopping or self.doomed:
+        if not self.ready or self.stopping or self.doomed or self.unreachable:
             return 0
         if not self.outstanding:
             return 1
@@ -289,7 +291,7 @@ class Supervisor:
                 if worker is None:
                     break
                 task = self._pending.popleft()
-                if task.attempts == 0 and not task.future.set_running_or_notify_cancel():
+                if not _claim(task):
                     continue  # cancelled while it waited
                 batches.setdefault(worker, []).append(task)
         now = self._clock()
@@ -319,25 +321,30 @@ class Supervisor:
                     fn_bytes = None
                 worker.cached.touch(task.fn_id)
             entries.append((task.id, task.kind, task.fn_id, fn_bytes, task.args_bytes))
+        try:
+            worker.conn.send_bytes(_pickle((proto.RUN_TASKS, entries)))
+        except OSError:
+            # The worker died before it could read them (its sentinel will
+            # tell us soon): these tasks never reached it, so they are not to
+            # blame for its death. Run them elsewhere.
+            worker.unreachable = True
+            with self._lock:
+                self._pending.extendleft(reversed(tasks))
+            return
+        for task in tasks:
             task.attempts += 1
         if not worker.outstanding:
             tasks[0].started = now
         worker.outstanding.extend(tasks)
         worker.sent += len(tasks)
-        message = _pickle((proto.RUN_TASKS, entries))
-        recycle = self._max_tasks is not None and worker.sent >= self._max_tasks
-        try:
-            worker.conn.send_bytes(message)
-            if recycle:
-                # Leaves by the sentinel after its last task; a fresh
-                # worker is started now so the pool does not shrink.
-                worker.stopping = True
+        if self._max_tasks is not None and worker.sent >= self._max_tasks:
+            # It leaves by the sentinel after its last task; a fresh worker
+            # starts now so the pool does not shrink meanwhile.
+            worker.stopping = True
+            try:
                 worker.conn.send_bytes(_pickle(proto.STOP))
-        except OSError:
-            # The worker is dying; its sentinel will tell us, and the tasks
-            # just sent are handled with its other outstanding tasks.
-            pass
-        if recycle:
+            except OSError:
+                worker.unreachable = True
             self._spawn_missing()
 
     # --- events from workers -----------------------------------------------
@@ -601,9 +608,14 @@ def kill_tree_safely(worker: _Worker) -> None:
 
 def _fail(task: Task, error: BaseException) -> None:
     if not task.future.done():
-        if task.attempts == 0 and not task.future.set_running_or_notify_cancel():
+        if not _claim(task):
             return
         task.future.set_exception(error)
+
+
+def _claim(task: Task) -> bool:
+    """Mark the task's future running, unless already; False if it was cancelled."""
+    return task.future.running() or task.future.set_running_or_notify_cancel()
 
 
 def _copy_error(error: BaseException) -> BaseException:

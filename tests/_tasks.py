@@ -1,0 +1,192 @@
+"""Functions the tests run in workers; importable, so every start method finds them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, NoReturn
+
+# --- plain work ---------------------------------------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int = 0, *, c: int = 0) -> int:
+    return a + b + c
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def getpid(_: object = None) -> int:
+    return os.getpid()
+
+
+def sleep_then(seconds: float, value: Any) -> Any:
+    time.sleep(seconds)  # simulated work, not synchronization
+    return value
+
+
+_calls = 0
+
+
+def count_calls() -> tuple[int, int]:
+    """Module state in a worker: (pid, calls so far in this worker)."""
+    global _calls
+    _calls += 1
+    return os.getpid(), _calls
+
+
+# --- handshakes -----------------------------------------------------------------
+
+
+def announce(path: str, extra: str = "") -> None:
+    """Tell the test, through its FIFO, that this task runs and where."""
+    with open(path, "w") as fifo:
+        fifo.write(f"{os.getpid()} {extra}\n")
+
+
+def announce_then(path: str, seconds: float, value: Any) -> Any:
+    """Announce, then work for a while (simulated) and return ``value``."""
+    announce(path)
+    time.sleep(seconds)
+    return value
+
+
+def block_forever(path: str | None = None) -> NoReturn:
+    if path is not None:
+        announce(path)
+    threading.Event().wait()
+    raise AssertionError("unreachable")
+
+
+def start_child_and_block(path: str) -> NoReturn:
+    """Start a grandchild process, announce both pids, then block forever."""
+    child = subprocess.Popen([sys.executable, "-c", "import threading; threading.Event().wait()"])
+    announce(path, str(child.pid))
+    threading.Event().wait()
+    raise AssertionError("unreachable")
+
+
+# --- failures ---------------------------------------------------------------------
+
+
+class MismatchError(Exception):
+    """Its __init__ does not take its own args: breaks naive unpickling."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"code {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def raise_mismatch(code: int, reason: str) -> NoReturn:
+    raise MismatchError(code, reason)
+
+
+def raise_value_error(message: str) -> NoReturn:
+    raise ValueError(message)
+
+
+class UnpicklableError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(message: str) -> NoReturn:
+    raise UnpicklableError(message)
+
+
+def return_unpicklable() -> Any:
+    return threading.Lock()
+
+
+def crash(how: str) -> Any:
+    """Crash the current process in the way named by ``how``."""
+    if how == "raise":
+        raise ValueError("crash requested")
+    if how == "sys.exit":
+        sys.exit(3)
+    if how == "os._exit":
+        os._exit(3)
+    if how == "segfault":
+        ctypes.string_at(0)
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+        threading.Event().wait()
+    raise AssertionError(f"unknown crash {how!r}")
+
+
+class CrashAtUnpickle:
+    """Crashes whoever unpickles it."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (crash, (self.how,))
+
+
+class CrashAtPickle:
+    """Crashes whoever pickles it."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        crash(self.how)
+        raise AssertionError("unreachable")
+
+
+def return_crash_at_pickle(how: str) -> CrashAtPickle:
+    return CrashAtPickle(how)
+
+
+def return_crash_at_unpickle(how: str) -> CrashAtUnpickle:
+    return CrashAtUnpickle(how)
+
+
+def die_once(marker: str) -> str:
+    """Kill the worker the first time (per marker file), succeed after."""
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def always_die() -> NoReturn:
+    os.kill(os.getpid(), signal.SIGKILL)
+    threading.Event().wait()
+    raise AssertionError("unreachable")
+
+
+# --- initializers -------------------------------------------------------------------
+
+_initialized: Any = None
+
+
+def init_store(value: Any) -> None:
+    global _initialized
+    _initialized = value
+
+
+def get_initialized(_: object = None) -> Any:
+    return _initialized
+
+
+def init_fail() -> NoReturn:
+    raise RuntimeError("initializer refused")
+
+
+def init_exit() -> NoReturn:
+    os._exit(9)
