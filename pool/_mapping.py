@@ -82,7 +82,10 @@ class ChunkedResults(Iterator[Any]):
 
     The first window is submitted when the object is made, so work starts at
     the call as with ``Executor.map``; the rest as the caller consumes.
-    Closing it (``break``, garbage collection) cancels the chunks not started.
+    Closing it, or dropping it once iteration began (``break``), cancels the
+    chunks not started. Dropped before its first item, it cancels nothing, as
+    ProcessPoolExecutor's ``map``: code that maps for the side effects and
+    never iterates still gets its work done.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class ChunkedResults(Iterator[Any]):
         self._exhausted = False
         self._current: Iterator[Any] = iter(())
         self._closed = False
+        self._iterated = False
         self._top_up()
 
     def _top_up(self) -> None:
@@ -146,6 +150,7 @@ class ChunkedResults(Iterator[Any]):
         return future
 
     def __next__(self) -> Any:
+        self._iterated = True
         while True:
             try:
                 return next(self._current)
@@ -179,7 +184,8 @@ class ChunkedResults(Iterator[Any]):
         self._in_flight.clear()
 
     def __del__(self) -> None:
-        self.close()
+        if self._iterated:
+            self.close()
 
 
 def _then_raise(results: list[Any], error: bytes, position: int) -> Iterator[Any]:

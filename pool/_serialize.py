@@ -151,7 +151,7 @@ def _attach_extras(exc: BaseException, extras: _Extras) -> BaseException:
     if notes is not None:
         exc.__notes__ = notes  # type: ignore[attr-defined]  # 3.10 has no notes slot
     if tb is not None:
-        exc.__traceback__ = Traceback.from_dict(tb).as_traceback()
+        exc.__traceback__ = rebuild_traceback(tb)
     return exc
 
 
@@ -178,11 +178,39 @@ def _reduce_exception(exc: BaseException) -> tuple[Any, ...]:
 
 
 def _reduce_traceback(tb: TracebackType) -> tuple[Any, ...]:
-    return (_rebuild_traceback, (Traceback(tb).as_dict(),))
+    return (rebuild_traceback, (Traceback(tb).as_dict(),))
 
 
-def _rebuild_traceback(data: dict[str, Any]) -> TracebackType | None:
-    return Traceback.from_dict(data).as_traceback()  # type: ignore[no-any-return]
+# Each remote frame is rebuilt by running a one-line stub that fails, under
+# the frame's file, line and name (as tblib does). The failing name in the stub is
+# wider than any line, so the traceback module underlines nothing, instead of
+# underlining the stub's columns on the real line.
+_STUB = compile("_" * 512, "<remote>", "exec")
+
+
+def rebuild_traceback(data: dict[str, Any] | None) -> TracebackType | None:
+    """A real traceback object from tblib's ``as_dict()`` form."""
+    head: TracebackType | None = None
+    tail: TracebackType | None = None
+    while data is not None:
+        frame = data["tb_frame"]
+        code = _STUB.replace(
+            co_firstlineno=data["tb_lineno"],
+            co_filename=frame["f_code"]["co_filename"],
+            co_name=frame["f_code"]["co_name"],
+        )
+        try:
+            exec(code, dict(frame["f_globals"]))  # raises NameError, by design
+        except NameError as exc:
+            made = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            if made is not None:
+                if tail is None:
+                    head = made
+                else:
+                    tail.tb_next = made
+                tail = made
+        data = data["tb_next"]
+    return head
 
 
 def _reduce_code(code: CodeType) -> tuple[Any, ...]:

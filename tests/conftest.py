@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from _support import Handshake
 
 from pool import Pool

@@ -27,7 +27,6 @@ from conftest import wait_gone
 
 from pool import Pool, SerializationError, WorkerLost
 
-
 # where the crash happens -> how to submit a task that crashes there
 WHERE = {
     "function": lambda p, how: p.submit(crash, how),

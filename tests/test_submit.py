@@ -98,7 +98,7 @@ def test_unpicklable_exception_becomes_remote_error(pool: Pool) -> None:
 
 def test_unpicklable_result_fails_the_task_not_the_worker(pool: Pool) -> None:
     first = pool.submit(getpid).result(timeout=60)
-    with pytest.raises(SerializationError, match="result of .*return_unpicklable.*lock"):
+    with pytest.raises(SerializationError, match=r"result of .*return_unpicklable.*lock"):
         pool.submit(return_unpicklable).result(timeout=60)
     pids = {pool.submit(getpid).result(timeout=60) for _ in range(10)}
     assert first in pids or len(pids) <= 2  # no worker was replaced

@@ -1,0 +1,94 @@
+"""Functions are sent to each worker once and cached there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _tasks import count_calls
+
+import pool._protocol as protocol
+from pool import Pool
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_module_state_lives_on_in_a_worker() -> None:
+    with Pool(1) as p:
+        calls = [p.submit(count_calls).result(timeout=60)[1] for _ in range(5)]
+    assert calls == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_main_module_state_lives_on_in_a_worker(method: str) -> None:
+    """A function from __main__ travels by value, once, so its globals persist."""
+    script = textwrap.dedent(
+        f"""
+        from pool import Pool
+
+        seen = []
+
+        def remember(x):
+            seen.append(x)
+            return list(seen)
+
+        if __name__ == "__main__":
+            with Pool(1, mp_context={method!r}) as p:
+                print([p.submit(remember, i).result(timeout=60) for i in range(3)])
+                print(list(p.map(remember, [7], chunksize=1)))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[[0], [0, 1], [0, 1, 2]]"
+    assert lines[1] == "[[0, 1, 2, 7]]"
+
+
+def _constant(value: int) -> Callable[[], int]:
+    return lambda: value
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_more_functions_than_the_cache_holds(workers: int) -> None:
+    """Evictions on both ends stay in step (see pool._protocol.LruKeys)."""
+    count = protocol.FUNCTION_CACHE_SIZE * 2 + 7
+    functions = [_constant(i) for i in range(count)]
+    with Pool(workers) as p:
+        # Interleave old and new functions so evicted ones come back.
+        order = [*range(count), *range(0, count, 3), *reversed(range(count))]
+        futures = [p.submit(functions[i]) for i in order]
+        assert [f.result(timeout=60) for f in futures] == order
+
+
+def test_callable_objects_are_sent_with_their_current_state() -> None:
+    class Scale:
+        def __init__(self) -> None:
+            self.factor = 1
+
+        def __call__(self, x: int) -> int:
+            return x * self.factor
+
+    scale = Scale()
+    with Pool(1) as p:
+        assert p.submit(scale, 5).result(timeout=60) == 5
+        scale.factor = 3
+        assert p.submit(scale, 5).result(timeout=60) == 15
+
+
+def test_lru_keys() -> None:
+    keys: protocol.LruKeys[int] = protocol.LruKeys(2)
+    assert keys.touch(1) is None
+    assert keys.touch(2) is None
+    assert keys.touch(1) is None  # 1 is now the most recent
+    assert keys.touch(3) == 2
+    assert 1 in keys and 3 in keys and 2 not in keys
+    assert len(keys) == 2
