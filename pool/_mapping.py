@@ -111,20 +111,54 @@ class ChunkedResults(Iterator[Any]):
         self._current: Iterator[Any] = iter(())
         self._closed = False
         self._iterated = False
+        self._input_error: Exception | None = None
+        self._primed = False
         self._top_up()
+        self._primed = True
 
     def _top_up(self) -> None:
+        """Submit chunks until the window is full or the input ends.
+
+        An error reading the input, or pickling an item, is kept until the
+        results of every item before it are out, then raised: the map ends
+        there, as it does when an item raises, and loses no result.
+        """
         while not self._exhausted and (self._window is None or len(self._in_flight) < self._window):
-            chunk = list(itertools.islice(self._items, self._chunker.size()))
+            chunk: list[Any] = []
+            try:
+                chunk.extend(itertools.islice(self._items, self._chunker.size()))
+            except Exception as exc:  # noqa: BLE001  # kept, raised in its place in the results
+                self._stop_reading(exc)
             if not chunk:
                 self._exhausted = True
                 break
-            future = self._submit_chunk(chunk, self._next_item)
-            self._position[future] = self._next_item
-            self._next_item += len(chunk)
-            self._in_flight.append(future)
-            if not self._ordered:
-                future.add_done_callback(self._completed.put_nowait)
+            try:
+                self._submit(chunk)
+            except Exception as exc:  # noqa: BLE001  # kept, raised in its place in the results
+                if len(chunk) == 1:
+                    self._stop_reading(exc)
+                    break
+                # Submit one by one, up to the item that cannot be pickled.
+                for item in chunk:
+                    try:
+                        self._submit([item])
+                    except Exception as item_exc:  # noqa: BLE001  # kept, raised in its place
+                        self._stop_reading(item_exc)
+                        break
+
+    def _submit(self, chunk: list[Any]) -> None:
+        future = self._submit_chunk(chunk, self._next_item)
+        self._position[future] = self._next_item
+        self._next_item += len(chunk)
+        self._in_flight.append(future)
+        if not self._ordered:
+            future.add_done_callback(self._completed.put_nowait)
+
+    def _stop_reading(self, error: Exception) -> None:
+        if not self._in_flight and not self._primed:
+            raise error  # the first item: fail now, at the call, as submit does
+        self._exhausted = True
+        self._input_error = error
 
     def _remaining(self) -> float | None:
         if self._deadline is None:
@@ -161,6 +195,9 @@ class ChunkedResults(Iterator[Any]):
                 raise
             if self._closed or not self._in_flight:
                 self.close()
+                error, self._input_error = self._input_error, None
+                if error is not None:
+                    raise error
                 raise StopIteration
             try:
                 future = self._next_done()
@@ -170,10 +207,10 @@ class ChunkedResults(Iterator[Any]):
                 raise
             first = self._position.pop(future)
             self._chunker.observe(len(results) + (error is not None), seconds)
-            self._top_up()
             if error is not None:
                 self._current = _then_raise(results, error, first + len(results))
             else:
+                self._top_up()
                 self._current = iter(results)
 
     def close(self) -> None:
