@@ -50,14 +50,15 @@ def _shutdown_at_exit() -> None:
         supervisor.join()
 
 
-def _check_timeout(name: str, value: object) -> float | None:
+def _check_timeout(name: str, value: object, *, zero: bool = False) -> float | None:
+    """Seconds or None; ``zero`` allows 0 (a wait that only looks, as in Executor.map)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__qualname__}")
     seconds = float(value)
-    if not seconds > 0:  # also rejects NaN
-        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    if not (seconds >= 0 if zero else seconds > 0):  # also rejects NaN
+        raise ValueError(f"{name} must be {'>=' if zero else '>'} 0 seconds, got {value!r}")
     return seconds
 
 
@@ -145,7 +146,7 @@ class _TaskAPI:
         _check_callable(fn)
         if not iterables:
             raise TypeError("map() needs at least one iterable")
-        timeout = _check_timeout("timeout", timeout)
+        timeout = _check_timeout("timeout", timeout, zero=True)
         if chunksize is not None:
             chunksize = _check_count("chunksize", chunksize, 1)
         workers = self._pool._max_workers

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import multiprocessing.connection
 import multiprocessing.context
+import itertools
 import os
 import threading
 import time
@@ -129,16 +130,25 @@ class _Worker:
         self.speed: float | None = None  # smoothed task duration, seconds
         self.init_error: BaseException | None = None
 
-    def capacity(self) -> int:
-        if not self.ready or self.stopping or self.doomed or self.unreachable:
-            return 0
+    def usable(self) -> bool:
+        return self.ready and not (self.stopping or self.doomed or self.unreachable)
+
+    def accepts(self, task: Task, batch: list[Task]) -> bool:
+        """May ``task`` join ``batch``, the tasks about to be sent to this worker?"""
+        queued = len(self.outstanding) + len(batch)
+        if queued == 0:
+            return True
+        if queued >= MAX_OUTSTANDING or self.speed is None or self.speed >= PREFETCH_BELOW:
+            return False
         if not self.outstanding:
-            return 1
-        if self.speed is None or self.speed >= PREFETCH_BELOW:
-            return 0
-        if sum(len(t.args_bytes) + len(t.fn_bytes) for t in self.outstanding) > PIPE_BUDGET:
-            return 0
-        return MAX_OUTSTANDING - len(self.outstanding)
+            return True  # idle: it reads the whole batch in one message before it runs any
+        # Busy: all but the running task may still sit unread in the pipe.
+        unread = sum(_size(t) for t in itertools.islice(self.outstanding, 1, None))
+        return unread + sum(_size(t) for t in batch) + _size(task) <= PIPE_BUDGET
+
+
+def _size(task: Task) -> int:
+    return len(task.args_bytes) + len(task.fn_bytes)
 
 
 class Supervisor:
@@ -195,9 +205,14 @@ class Supervisor:
     def shutdown(self, cancel_futures: bool) -> None:
         with self._lock:
             self._closing = True
-            cancelled = list(self._pending) if cancel_futures else []
+            cancelled = []
             if cancel_futures:
+                # A task put back after its worker died is already running
+                # for its caller: it stays, to end in a result or an error.
+                cancelled = [t for t in self._pending if not t.future.running()]
+                kept = [t for t in self._pending if t.future.running()]
                 self._pending.clear()
+                self._pending.extend(kept)
             self._wake()
         # Outside the lock: cancelling runs done callbacks, which may submit.
         for task in cancelled:
@@ -287,27 +302,33 @@ class Supervisor:
         batches: dict[_Worker, list[Task]] = {}
         with self._lock:
             while self._pending:
-                worker = self._least_loaded(batches)
+                task = self._pending[0]
+                if task.future.cancelled():
+                    self._pending.popleft()
+                    continue
+                # In order: a task too big for any busy worker's pipe waits
+                # for an idle worker, and the tasks behind it wait with it.
+                worker = self._least_loaded(task, batches)
                 if worker is None:
                     break
-                task = self._pending.popleft()
+                self._pending.popleft()
                 if not _claim(task):
-                    continue  # cancelled while it waited
+                    continue  # cancelled just now
                 batches.setdefault(worker, []).append(task)
         now = self._clock()
         for worker, tasks in batches.items():
             self._send_tasks(worker, tasks, now)
 
-    def _least_loaded(self, batches: dict[_Worker, list[Task]]) -> _Worker | None:
+    def _least_loaded(self, task: Task, batches: dict[_Worker, list[Task]]) -> _Worker | None:
         best: _Worker | None = None
         best_load = 0
         for worker in self._workers:
-            extra = len(batches.get(worker, ()))
-            if worker.capacity() - extra <= 0:
+            batch = batches.get(worker, [])
+            if not worker.usable() or not worker.accepts(task, batch):
                 continue
-            if self._max_tasks is not None and worker.sent + extra >= self._max_tasks:
+            if self._max_tasks is not None and worker.sent + len(batch) >= self._max_tasks:
                 continue
-            load = len(worker.outstanding) + extra
+            load = len(worker.outstanding) + len(batch)
             if best is None or load < best_load:
                 best, best_load = worker, load
         return best
@@ -423,12 +444,16 @@ class Supervisor:
                 self._on_task_lost(worker.outstanding.popleft(), worker, exitcode)
             with self._lock:
                 # Queued behind the running task, never started: run them
-                # elsewhere, ahead of newer work.
+                # elsewhere, ahead of newer work, their attempt not counted.
                 for task in reversed(worker.outstanding):
                     task.started = None
+                    task.attempts -= 1
                     self._pending.appendleft(task)
             worker.outstanding.clear()
         self._spawn_missing()
+        if self._broken is not None and self._live() == 0:
+            # No worker is left to run what was put back, and none will start.
+            self._fail_pending(self._broken)
 
     def _on_task_lost(self, task: Task, worker: _Worker, exitcode: int | None) -> None:
         if task.attempts <= task.retries:
@@ -442,7 +467,7 @@ class Supervisor:
 
     def _on_start_failure(self, worker: _Worker, exitcode: int | None) -> None:
         self._start_failures += 1
-        if self._start_failures < MAX_START_FAILURES or self._closing:
+        if self._start_failures < MAX_START_FAILURES:
             return
         if worker.init_error is not None:
             from ._serialize import format_exception
@@ -464,6 +489,10 @@ class Supervisor:
     def _break(self, error: BaseException) -> None:
         with self._lock:
             self._broken = error
+        self._fail_pending(error)
+
+    def _fail_pending(self, error: BaseException) -> None:
+        with self._lock:
             doomed = list(self._pending)
             self._pending.clear()
         for task in doomed:
@@ -507,7 +536,7 @@ class Supervisor:
     # --- worker lifecycle ---------------------------------------------------
 
     def _live(self) -> int:
-        return sum(1 for w in self._workers if not (w.stopping or w.doomed))
+        return sum(1 for w in self._workers if not (w.stopping or w.doomed or w.unreachable))
 
     def _spawn_missing(self) -> None:
         if self._closing and not self._pending:

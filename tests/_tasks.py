@@ -190,3 +190,22 @@ def init_fail() -> NoReturn:
 
 def init_exit() -> NoReturn:
     os._exit(9)
+
+
+def init_first_only(marker: str) -> None:
+    """Succeeds in the first worker that starts; every later start fails."""
+    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.close(fd)
+
+
+def make_bytes(size: int) -> bytes:
+    return b"r" * size
+
+
+def exit_once(marker: str) -> str:
+    """The worker exits the first time this really runs; it succeeds after."""
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os._exit(5)
+    return "ok"

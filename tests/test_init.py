@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from pathlib import Path
 
 import pytest
-from _tasks import get_initialized, init_exit, init_fail, init_store, square
+from _support import Handshake
+from _tasks import (
+    block_forever,
+    get_initialized,
+    init_exit,
+    init_fail,
+    init_first_only,
+    init_store,
+    square,
+)
 
 import pool._supervisor as supervisor_module
 from pool import InitializerFailed, Pool, SerializationError
@@ -60,3 +71,27 @@ def test_bad_initializer_arguments() -> None:
         Pool(1, initializer=42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="initargs must be a tuple"):
         Pool(1, initializer=init_store, initargs=[1])  # type: ignore[arg-type]
+
+
+def test_shutdown_while_workers_cannot_start_returns() -> None:
+    """Pending work and an initializer that always fails: no endless respawning."""
+    with Pool(2, initializer=init_fail) as p:
+        future = p.submit(square, 1)
+    with pytest.raises(InitializerFailed):
+        future.result(timeout=0)
+
+
+def test_broken_pool_fails_work_put_back_by_its_last_worker(tmp_path: Path, handshake: Handshake) -> None:
+    """The one healthy worker dies after the pool broke: its retried task must end."""
+    p = Pool(2, initializer=init_first_only, initargs=(str(tmp_path / "first"),))
+    try:
+        retried = p.options(retries=1).submit(block_forever, handshake.path)
+        pid = handshake.wait_pid()
+        # Queued behind the busy healthy worker until the other starts fail.
+        with pytest.raises(InitializerFailed):
+            p.submit(square, 1).result(timeout=60)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(InitializerFailed):
+            retried.result(timeout=60)
+    finally:
+        p.shutdown()
