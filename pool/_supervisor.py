@@ -241,8 +241,8 @@ class Supervisor:
         # Called with _lock held, so the pipe cannot be closed under us (a
         # closed fd number may already name someone else's file). The flag
         # spares a syscall per submit while a wake-up is pending; the
-        # supervisor clears it *before* it drains the pipe and looks at
-        # `pending`, so a task appended after that is seen or re-wakes.
+        # supervisor clears it and drains the pipe together, under the lock,
+        # before it looks at `pending`.
         if not self._wake_sent and not self._wake_closed:
             self._wake_sent = True
             try:
@@ -279,11 +279,13 @@ class Supervisor:
         dead: list[_Worker] = []
         for obj in ready:
             if obj == self._wake_r:
-                self._wake_sent = False
-                try:
+                # Under the lock, with _wake: the flag is set exactly while a
+                # byte is in the pipe. Clearing it apart from the read could
+                # swallow a new byte with the flag left set, and then no
+                # caller would ever wake us again.
+                with self._lock:
+                    self._wake_sent = False
                     os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
             elif isinstance(obj, int):
                 dead.append(self._by_sentinel[obj])
             else:
