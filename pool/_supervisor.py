@@ -29,10 +29,10 @@ callback that blocks delays every other task of the pool.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing.connection
 import multiprocessing.context
-import itertools
 import os
 import threading
 import time
