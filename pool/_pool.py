@@ -42,12 +42,23 @@ _INHERIT: Any = object()
 _live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
 
-@atexit.register
 def _shutdown_at_exit() -> None:
     for supervisor in list(_live):
         supervisor.shutdown(cancel_futures=False)
     for supervisor in list(_live):
         supervisor.join()
+
+
+# threading's exit hooks run before any atexit handler, so our workers are
+# stopped before multiprocessing's own atexit handler joins every child
+# process (it would wait forever on a worker nobody told to stop), whatever
+# the order in which the modules were imported. ProcessPoolExecutor does
+# the same.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_shutdown_at_exit)
+else:  # pragma: no cover  # every supported Python has it
+    atexit.register(_shutdown_at_exit)
 
 
 def _check_timeout(name: str, value: object, *, zero: bool = False) -> float | None:
