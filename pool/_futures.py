@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Generator
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -25,3 +26,23 @@ class Future(concurrent.futures.Future[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
+
+    def _cancel_running(self) -> bool:
+        """Cancel even though the task started: the pool stopped it.
+
+        ``Future.cancel`` refuses a running future because an executor
+        cannot stop a running call; this pool can (it kills the worker), so
+        it ends the future exactly as ``cancel`` would have: ``cancelled()``
+        is true, ``result()`` raises `CancelledError`, waiters in ``wait``
+        and ``as_completed`` and done callbacks are told. This mirrors the
+        body of ``Future.cancel`` and ``set_running_or_notify_cancel``.
+        """
+        with self._condition:
+            if self._state == FINISHED or self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return self._state != FINISHED
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True

@@ -27,7 +27,8 @@ from ._futures import Future
 from ._mapping import WINDOW_PER_WORKER, ChunkedResults, Chunker, length_of, static_chunksize
 from ._processes import resolve_context
 from ._serialize import describe_callable, dumps_arguments, dumps_function, dumps_items
-from ._supervisor import Supervisor, Task
+from ._supervisor import Supervisor
+from ._workers import Task
 
 __all__ = ["Pool", "PoolView"]
 

@@ -29,7 +29,6 @@ callback that blocks delays every other task of the pool.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import multiprocessing.connection
 import multiprocessing.context
@@ -38,7 +37,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import _protocol as proto
@@ -51,9 +49,9 @@ from ._errors import (
     WorkerLost,
     describe_exit,
 )
-from ._futures import Future
 from ._processes import kill_tree
 from ._serialize import loads, loads_exception
+from ._workers import Task, WorkerHandle
 
 logger = logging.getLogger("pool")
 
@@ -63,93 +61,10 @@ logger = logging.getLogger("pool")
 # transient failure.
 MAX_START_FAILURES = 3
 
-# A worker holds at most this many tasks: the one it runs and the ones queued
-# behind it in its pipe, so it never waits for the supervisor between short
-# tasks. Queued tasks cannot move to an idle worker, so the supervisor only
-# queues behind tasks it has seen finish in under PREFETCH_BELOW seconds.
-MAX_OUTSTANDING = 4
-PREFETCH_BELOW = 0.005
-
-# Task bytes that may sit unread in a busy worker's pipe. A busy worker may be
-# blocked writing a large result to us; if we also blocked writing to it, both
-# would wait forever. Below the socket buffer size, a send never blocks. An
-# idle worker is always reading, so a task of any size may go to it.
-PIPE_BUDGET = 32 * 1024
-
 # How long workers have to leave after the stop sentinel before SIGTERM, and
 # after SIGTERM before SIGKILL.
 STOP_GRACE = 5.0
 TERMINATE_GRACE = 2.0
-
-@dataclass(eq=False, slots=True)
-class Task:
-    """One unit of work, pickled in the caller's thread."""
-
-    id: int
-    future: Future[Any]
-    name: str
-    kind: int
-    fn_id: int | None
-    fn_bytes: bytes
-    args_bytes: bytes
-    timeout: float | None
-    retries: int
-    attempts: int = 0
-    # When the worker began it, by our clock: see _protocol on why the
-    # oldest outstanding task is the running one.
-    started: float | None = None
-
-
-class _Worker:
-    __slots__ = (
-        "cached",
-        "conn",
-        "doomed",
-        "init_error",
-        "outstanding",
-        "pid",
-        "process",
-        "ready",
-        "sent",
-        "speed",
-        "stopping",
-        "unreachable",
-    )
-
-    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Any) -> None:
-        self.process = process
-        self.conn = conn
-        self.pid: int | None = process.pid
-        self.ready = False
-        self.stopping = False
-        self.unreachable = False  # a send to it failed: it is dead or dying
-        self.doomed = False  # killed by us: its outstanding tasks are not to blame
-        self.outstanding: deque[Task] = deque()
-        self.cached: proto.LruKeys[int] = proto.LruKeys()
-        self.sent = 0
-        self.speed: float | None = None  # smoothed task duration, seconds
-        self.init_error: BaseException | None = None
-
-    def usable(self) -> bool:
-        return self.ready and not (self.stopping or self.doomed or self.unreachable)
-
-    def accepts(self, task: Task, batch: list[Task]) -> bool:
-        """May ``task`` join ``batch``, the tasks about to be sent to this worker?"""
-        queued = len(self.outstanding) + len(batch)
-        if queued == 0:
-            return True
-        if queued >= MAX_OUTSTANDING or self.speed is None or self.speed >= PREFETCH_BELOW:
-            return False
-        if not self.outstanding:
-            return True  # idle: it reads the whole batch in one message before it runs any
-        # Busy: all but the running task may still sit unread in the pipe.
-        unread = sum(_size(t) for t in itertools.islice(self.outstanding, 1, None))
-        return unread + sum(_size(t) for t in batch) + _size(task) <= PIPE_BUDGET
-
-
-def _size(task: Task) -> int:
-    return len(task.args_bytes) + len(task.fn_bytes)
-
 
 class Supervisor:
     """Owns the workers of one `Pool`; see the module docstring."""
@@ -179,9 +94,9 @@ class Supervisor:
         self._wake_sent = False
         self._wake_closed = False
 
-        self._workers: list[_Worker] = []
-        self._by_conn: dict[Any, _Worker] = {}
-        self._by_sentinel: dict[int, _Worker] = {}
+        self._workers: list[WorkerHandle] = []
+        self._by_conn: dict[Any, WorkerHandle] = {}
+        self._by_sentinel: dict[int, WorkerHandle] = {}
         self._start_failures = 0
         self._stop_deadline: float | None = None
         self._terminated = False
@@ -276,7 +191,7 @@ class Supervisor:
         timeout = None if deadline is None else max(0.0, deadline - now)
         waitables: list[Any] = [self._wake_r, *self._by_conn, *self._by_sentinel]
         ready = multiprocessing.connection.wait(waitables, timeout)
-        dead: list[_Worker] = []
+        dead: list[WorkerHandle] = []
         for obj in ready:
             if obj == self._wake_r:
                 # Under the lock, with _wake: the flag is set exactly while a
@@ -301,7 +216,7 @@ class Supervisor:
     def _dispatch(self) -> None:
         if not self._pending:
             return
-        batches: dict[_Worker, list[Task]] = {}
+        batches: dict[WorkerHandle, list[Task]] = {}
         with self._lock:
             while self._pending:
                 task = self._pending[0]
@@ -321,8 +236,8 @@ class Supervisor:
         for worker, tasks in batches.items():
             self._send_tasks(worker, tasks, now)
 
-    def _least_loaded(self, task: Task, batches: dict[_Worker, list[Task]]) -> _Worker | None:
-        best: _Worker | None = None
+    def _least_loaded(self, task: Task, batches: dict[WorkerHandle, list[Task]]) -> WorkerHandle | None:
+        best: WorkerHandle | None = None
         best_load = 0
         for worker in self._workers:
             batch = batches.get(worker, [])
@@ -335,7 +250,7 @@ class Supervisor:
                 best, best_load = worker, load
         return best
 
-    def _send_tasks(self, worker: _Worker, tasks: list[Task], now: float) -> None:
+    def _send_tasks(self, worker: WorkerHandle, tasks: list[Task], now: float) -> None:
         entries = []
         for task in tasks:
             fn_bytes: bytes | None = task.fn_bytes
@@ -372,7 +287,7 @@ class Supervisor:
 
     # --- events from workers -----------------------------------------------
 
-    def _receive(self, worker: _Worker) -> None:
+    def _receive(self, worker: WorkerHandle) -> None:
         try:
             data = worker.conn.recv_bytes()
         except (EOFError, OSError):
@@ -380,7 +295,7 @@ class Supervisor:
             return
         self._handle(worker, loads(data))
 
-    def _handle(self, worker: _Worker, message: Any) -> None:
+    def _handle(self, worker: WorkerHandle, message: Any) -> None:
         tag = message[0]
         if tag in (proto.TASK_DONE, proto.TASK_FAILED):
             if not worker.outstanding or worker.outstanding[0].id != message[1]:
@@ -421,13 +336,13 @@ class Supervisor:
         _add_note(exc, f"raised in worker pid {pid} while running {task.name}")
         task.future.set_exception(exc)
 
-    def _drop_conn(self, worker: _Worker) -> None:
+    def _drop_conn(self, worker: WorkerHandle) -> None:
         """The pipe closed or broke: the worker is gone or useless; end it."""
         self._by_conn.pop(worker.conn, None)
         if not worker.stopping:
             kill_tree_safely(worker)
 
-    def _on_exit(self, worker: _Worker) -> None:
+    def _on_exit(self, worker: WorkerHandle) -> None:
         # Results sent just before the death are still in the pipe: take
         # them first, so only the task really running is blamed.
         if worker.conn in self._by_conn:
@@ -457,7 +372,7 @@ class Supervisor:
             # No worker is left to run what was put back, and none will start.
             self._fail_pending(self._broken)
 
-    def _on_task_lost(self, task: Task, worker: _Worker, exitcode: int | None) -> None:
+    def _on_task_lost(self, task: Task, worker: WorkerHandle, exitcode: int | None) -> None:
         if task.attempts <= task.retries:
             task.started = None
             with self._lock:
@@ -467,7 +382,7 @@ class Supervisor:
             WorkerLost(worker.pid, exitcode, task.name, attempts=task.attempts)
         )
 
-    def _on_start_failure(self, worker: _Worker, exitcode: int | None) -> None:
+    def _on_start_failure(self, worker: WorkerHandle, exitcode: int | None) -> None:
         self._start_failures += 1
         if self._start_failures < MAX_START_FAILURES:
             return
@@ -557,12 +472,12 @@ class Supervisor:
             process.start()
         finally:
             child_conn.close()
-        worker = _Worker(process, parent_conn)
+        worker = WorkerHandle(process, parent_conn)
         self._workers.append(worker)
         self._by_conn[parent_conn] = worker
         self._by_sentinel[process.sentinel] = worker
 
-    def _forget(self, worker: _Worker) -> None:
+    def _forget(self, worker: WorkerHandle) -> None:
         self._workers.remove(worker)
         self._by_conn.pop(worker.conn, None)
         self._by_sentinel.pop(worker.process.sentinel, None)
@@ -631,7 +546,7 @@ class Supervisor:
             os.close(self._wake_w)
 
 
-def kill_tree_safely(worker: _Worker) -> None:
+def kill_tree_safely(worker: WorkerHandle) -> None:
     pid = worker.pid
     if pid is not None and worker.process.exitcode is None:
         kill_tree(pid)

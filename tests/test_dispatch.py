@@ -9,7 +9,8 @@ from pathlib import Path
 from _tasks import exit_once, identity, make_bytes, sleep_then, square
 
 from pool import Pool, WorkerLost
-from pool._supervisor import PIPE_BUDGET, Supervisor, Task
+from pool._supervisor import Supervisor
+from pool._workers import PIPE_BUDGET, Task
 
 
 def _warm(p: Pool) -> None:

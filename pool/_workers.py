@@ -1,0 +1,101 @@
+"""What the supervisor knows of each task and each worker process.
+
+A `Task` is one call (or one chunk of a map), already pickled in the
+caller's thread. A `WorkerHandle` is the supervisor's view of one worker: its
+process and Pipe, the tasks sent to it and not answered yet (oldest first;
+the oldest is the one running, see `pool._protocol`), and what it has cached.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing.process
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from . import _protocol as proto
+from ._futures import Future
+
+# A worker holds at most this many tasks: the one it runs and the ones queued
+# behind it in its pipe, so it never waits for the supervisor between short
+# tasks. Queued tasks cannot move to an idle worker, so the supervisor only
+# queues behind tasks it has seen finish in under PREFETCH_BELOW seconds.
+MAX_OUTSTANDING = 4
+PREFETCH_BELOW = 0.005
+
+# Task bytes that may sit unread in a busy worker's pipe. A busy worker may be
+# blocked writing a large result to us; if we also blocked writing to it, both
+# would wait forever. Below the socket buffer size, a send never blocks. An
+# idle worker is always reading, so a task of any size may go to it.
+PIPE_BUDGET = 32 * 1024
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    """One unit of work, pickled in the caller's thread."""
+
+    id: int
+    future: Future[Any]
+    name: str
+    kind: int
+    fn_id: int | None
+    fn_bytes: bytes
+    args_bytes: bytes
+    timeout: float | None
+    retries: int
+    attempts: int = 0
+    # When the worker began it, by our clock: see _protocol on why the
+    # oldest outstanding task is the running one.
+    started: float | None = None
+
+
+class WorkerHandle:
+    __slots__ = (
+        "cached",
+        "conn",
+        "doomed",
+        "init_error",
+        "outstanding",
+        "pid",
+        "process",
+        "ready",
+        "sent",
+        "speed",
+        "stopping",
+        "unreachable",
+    )
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Any) -> None:
+        self.process = process
+        self.conn = conn
+        self.pid: int | None = process.pid
+        self.ready = False
+        self.stopping = False
+        self.unreachable = False  # a send to it failed: it is dead or dying
+        self.doomed = False  # killed by us: its outstanding tasks are not to blame
+        self.outstanding: deque[Task] = deque()
+        self.cached: proto.LruKeys[int] = proto.LruKeys()
+        self.sent = 0
+        self.speed: float | None = None  # smoothed task duration, seconds
+        self.init_error: BaseException | None = None
+
+    def usable(self) -> bool:
+        return self.ready and not (self.stopping or self.doomed or self.unreachable)
+
+    def accepts(self, task: Task, batch: list[Task]) -> bool:
+        """May ``task`` join ``batch``, the tasks about to be sent to this worker?"""
+        queued = len(self.outstanding) + len(batch)
+        if queued == 0:
+            return True
+        if queued >= MAX_OUTSTANDING or self.speed is None or self.speed >= PREFETCH_BELOW:
+            return False
+        if not self.outstanding:
+            return True  # idle: it reads the whole batch in one message before it runs any
+        # Busy: all but the running task may still sit unread in the pipe.
+        unread = sum(_size(t) for t in itertools.islice(self.outstanding, 1, None))
+        return unread + sum(_size(t) for t in batch) + _size(task) <= PIPE_BUDGET
+
+
+def _size(task: Task) -> int:
+    return len(task.args_bytes) + len(task.fn_bytes)
