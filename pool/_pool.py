@@ -9,10 +9,13 @@ only ever sees bytes.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import itertools
+import logging
 import multiprocessing.context
 import numbers
 import os
+import sys
 import threading
 import types
 import weakref
@@ -25,6 +28,7 @@ from . import _protocol as proto
 from ._errors import PoolClosed
 from ._futures import Future
 from ._mapping import WINDOW_PER_WORKER, ChunkedResults, Chunker, length_of, static_chunksize
+from ._memory import parse_size
 from ._processes import resolve_context
 from ._serialize import describe_callable, dumps_arguments, dumps_function, dumps_items
 from ._supervisor import Supervisor
@@ -44,8 +48,13 @@ _live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
 
 def _shutdown_at_exit() -> None:
+    # Leaving on an uncaught Ctrl-C: the user wants out, not the queue drained.
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for supervisor in list(_live):
-        supervisor.shutdown(cancel_futures=False)
+        if interrupted:
+            supervisor.abort()
+        else:
+            supervisor.shutdown(cancel_futures=False)
     for supervisor in list(_live):
         supervisor.join()
 
@@ -264,8 +273,15 @@ class Pool(_TaskAPI, Executor):
     may use). ``mp_context`` is a multiprocessing context or a start method
     name; the default is a thread-safe one (forkserver on Linux). Each worker
     runs ``initializer(*initargs)`` first, and is replaced after
-    ``max_tasks_per_child`` tasks. ``task_timeout`` and ``retries`` are the
+    ``max_tasks_per_child`` tasks, or once it (with its children) uses more
+    than ``max_memory_per_child`` (bytes, or a string such as ``"512MB"``),
+    measured between tasks. ``task_timeout`` and ``retries`` are the
     defaults of `options`.
+
+    Records logged in workers reach this process's ``logging`` handlers,
+    with the worker's pid (``record.process``) and the task's name
+    (``record.task``); the workers log at the root level this process has
+    when the pool is made.
     """
 
     __module__ = "pool"
@@ -278,6 +294,7 @@ class Pool(_TaskAPI, Executor):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | str | None = None,
         task_timeout: float | None = None,
         retries: int = 0,
     ) -> None:
@@ -294,6 +311,9 @@ class Pool(_TaskAPI, Executor):
             init = (dumps_function(initializer), dumps_arguments(name, initargs, {}))
         if max_tasks_per_child is not None:
             max_tasks_per_child = _check_count("max_tasks_per_child", max_tasks_per_child, 1)
+        memory_limit = None
+        if max_memory_per_child is not None:
+            memory_limit = parse_size("max_memory_per_child", max_memory_per_child)
         self._pool = self
         self._timeout = _check_timeout("task_timeout", task_timeout)
         self._retries = _check_count("retries", retries, 0)
@@ -305,6 +325,8 @@ class Pool(_TaskAPI, Executor):
             context=context,
             init=init,
             max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=memory_limit,
+            log_level=logging.getLogger().getEffectiveLevel(),
         )
         self._closed = False
         _live.add(self._supervisor)
@@ -329,6 +351,37 @@ class Pool(_TaskAPI, Executor):
         self._supervisor.shutdown(cancel_futures)
         if wait:
             self._supervisor.join()
+
+    def cancel(self, future: concurrent.futures.Future[Any]) -> bool:
+        """Cancel a task, also one that is already running.
+
+        A queued task is cancelled as by ``future.cancel()``. A running one is
+        stopped: its worker and every process it started are killed, and a
+        fresh worker takes its place. Either way the future ends cancelled
+        (``result()`` raises `CancelledError`) and True is returned; False if
+        the task had already finished.
+        """
+        if not isinstance(future, Future):
+            raise TypeError(f"cancel() takes a future this pool returned, not {type(future).__qualname__}")
+        if future.cancel():
+            return True
+        if future.done():
+            return future.cancelled()
+        return self._supervisor.stop_task(future)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: cancel what waits, stop what runs, leave nothing behind.
+            self._closed = True
+            self._supervisor.abort()
+            self._supervisor.join()
+            return None
+        return super().__exit__(exc_type, exc, tb)
 
     def _check_open(self) -> None:
         if self._closed:

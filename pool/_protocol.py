@@ -24,6 +24,7 @@ Events from a worker (past tense)::
     (INIT_FAILED, exception_bytes)        # initializer raised; it exits next
     (TASK_DONE, task_id, result_bytes)
     (TASK_FAILED, task_id, exception_bytes)
+    (LOG_RECORD, record_dict)             # a logging record; see _worker
 
 A worker runs the tasks it receives in order, one at a time, and sends each
 task's event as soon as the task ends. So the supervisor never needs a
@@ -57,6 +58,7 @@ WORKER_READY = 1
 INIT_FAILED = 2
 TASK_DONE = 3
 TASK_FAILED = 4
+LOG_RECORD = 5
 
 # How many distinct functions a worker keeps. More costs worker memory for
 # functions that are never called again (lambdas made in a loop); fewer

@@ -29,10 +29,12 @@ callback that blocks delays every other task of the pool.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import multiprocessing.connection
 import multiprocessing.context
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -49,6 +51,8 @@ from ._errors import (
     WorkerLost,
     describe_exit,
 )
+from ._futures import Future
+from ._memory import OomWatch, tree_rss
 from ._processes import kill_tree
 from ._serialize import loads, loads_exception
 from ._workers import Task, WorkerHandle
@@ -62,9 +66,20 @@ logger = logging.getLogger("pool")
 MAX_START_FAILURES = 3
 
 # How long workers have to leave after the stop sentinel before SIGTERM, and
-# after SIGTERM before SIGKILL.
+# after SIGTERM before SIGKILL. On an abort (Ctrl-C) the caller is waiting, so
+# running tasks get a shorter grace.
 STOP_GRACE = 5.0
+ABORT_GRACE = 1.0
 TERMINATE_GRACE = 2.0
+
+# Respawns allowed per second, per worker slot: a pool whose workers keep
+# dying (a poison task with many retries, an outside killer) starts new ones
+# at this pace at most instead of spinning.
+RESPAWNS_PER_SECOND = 4
+
+# Measure a worker's memory (with its children) at most this often, after it
+# answers a task. Each look reads /proc for the whole process tree.
+MEMORY_CHECK_INTERVAL = 0.1
 
 class Supervisor:
     """Owns the workers of one `Pool`; see the module docstring."""
@@ -76,18 +91,27 @@ class Supervisor:
         context: multiprocessing.context.BaseContext,
         init: tuple[bytes, bytes] | None,
         max_tasks_per_child: int | None,
+        max_memory_per_child: int | None = None,
+        log_level: int = logging.WARNING,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_workers = max_workers
         self._context = context
         self._init = init
         self._max_tasks = max_tasks_per_child
+        self._max_memory = max_memory_per_child
+        self._log_level = log_level
         self._clock = clock
+        self._oom = OomWatch()
 
         self._lock = threading.Lock()
         self._pending: deque[Task] = deque()
         self._closing = False
+        self._aborting = False
         self._broken: BaseException | None = None
+        # Requests to stop one task, answered by this thread (see stop_task).
+        self._requests: deque[tuple[Future[Any], concurrent.futures.Future[bool]]] = deque()
+        self._requests_closed = False
 
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -100,6 +124,8 @@ class Supervisor:
         self._start_failures = 0
         self._stop_deadline: float | None = None
         self._terminated = False
+        self._spawned_at: deque[float] = deque()
+        self._spawn_deadline: float | None = None
         self._thread = threading.Thread(target=self._main, name="pool-supervisor", daemon=True)
         self._started = False
         self._start_lock = threading.Lock()
@@ -134,6 +160,32 @@ class Supervisor:
             task.future.cancel()
         if not self._started:
             self._close_wake_pipe()
+
+    def abort(self) -> None:
+        """Stop now (Ctrl-C): cancel everything, end the workers quickly."""
+        with self._lock:
+            self._closing = True
+            self._aborting = True
+            doomed = list(self._pending)
+            self._pending.clear()
+            self._wake()
+        for task in doomed:
+            _cancel(task)
+        if not self._started:
+            self._close_wake_pipe()
+
+    def stop_task(self, future: Future[Any]) -> bool:
+        """Stop the task behind ``future`` wherever it is; True if it ended cancelled.
+
+        A running task's worker is killed with its children and replaced.
+        """
+        reply: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        with self._lock:
+            if self._requests_closed or not self._started:
+                return future.cancelled()
+            self._requests.append((future, reply))
+            self._wake()
+        return reply.result()
 
     def join(self, timeout: float | None = None) -> None:
         if self._started:
@@ -171,6 +223,7 @@ class Supervisor:
         try:
             self._spawn_missing()
             while True:
+                self._serve_requests()
                 self._dispatch()
                 if self._finished():
                     break
@@ -179,9 +232,12 @@ class Supervisor:
             logger.exception("pool supervisor crashed; failing all work")
             self._fail_all(exc)
             for worker in list(self._workers):
-                kill_tree_safely(worker)
+                self._kill(worker)
             raise
         finally:
+            with self._lock:
+                self._requests_closed = True
+            self._serve_requests()
             self._reap_all()
             self._close_wake_pipe()
 
@@ -210,6 +266,38 @@ class Supervisor:
         for worker in dead:
             self._on_exit(worker)
         self._enforce_deadlines(self._clock())
+
+    # --- requests from callers ---------------------------------------------
+
+    def _serve_requests(self) -> None:
+        while self._requests:
+            future, reply = self._requests.popleft()
+            try:
+                reply.set_result(self._stop(future))
+            except BaseException as exc:  # noqa: BLE001  # the caller gets it instead of a hang
+                reply.set_exception(exc)
+
+    def _stop(self, future: Future[Any]) -> bool:
+        if future.done():
+            return future.cancelled()
+        with self._lock:
+            queued = next((t for t in self._pending if t.future is future), None)
+            if queued is not None:
+                self._pending.remove(queued)
+        if queued is not None:
+            return _cancel(queued)
+        for worker in self._workers:
+            for index, task in enumerate(worker.outstanding):
+                if task.future is not future:
+                    continue
+                if index == 0 and not worker.doomed:
+                    # Running: end its worker (and what the task started).
+                    worker.outstanding.popleft()
+                    worker.doomed = True
+                    self._kill(worker)
+                # Queued behind in its pipe, it will still run; its result is dropped.
+                return _cancel(task)
+        return False
 
     # --- dispatch -----------------------------------------------------------
 
@@ -276,14 +364,7 @@ class Supervisor:
         worker.outstanding.extend(tasks)
         worker.sent += len(tasks)
         if self._max_tasks is not None and worker.sent >= self._max_tasks:
-            # It leaves by the sentinel after its last task; a fresh worker
-            # starts now so the pool does not shrink meanwhile.
-            worker.stopping = True
-            try:
-                worker.conn.send_bytes(_pickle(proto.STOP))
-            except OSError:
-                worker.unreachable = True
-            self._spawn_missing()
+            self._retire(worker)
 
     # --- events from workers -----------------------------------------------
 
@@ -311,14 +392,44 @@ class Supervisor:
                 self._deliver_result(task, message[2])
             else:
                 self._deliver_error(task, message[2], worker.pid)
+            if self._max_memory is not None and now - worker.memory_checked >= MEMORY_CHECK_INTERVAL:
+                self._check_memory(worker, now)
+        elif tag == proto.LOG_RECORD:
+            _log(message[1])
         elif tag == proto.WORKER_READY:
             worker.ready = True
             self._start_failures = 0
         elif tag == proto.INIT_FAILED:
             worker.init_error = loads_exception(message[1])
 
+    def _check_memory(self, worker: WorkerHandle, now: float) -> None:
+        worker.memory_checked = now
+        if worker.pid is None:
+            return
+        worker.rss = tree_rss(worker.pid)
+        limit = self._max_memory
+        if limit is not None and worker.rss is not None and worker.rss > limit and not worker.stopping:
+            logger.info(
+                "recycling worker pid %s: it uses %d bytes, over max_memory_per_child=%d",
+                worker.pid,
+                worker.rss,
+                limit,
+            )
+            self._retire(worker)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        """Let the worker finish what it holds and leave by the sentinel; replace it now."""
+        worker.stopping = True
+        try:
+            worker.conn.send_bytes(_pickle(proto.STOP))
+        except OSError:
+            worker.unreachable = True
+        self._spawn_missing()
+
     @staticmethod
     def _deliver_result(task: Task, payload: bytes) -> None:
+        if task.future.done():
+            return  # stopped by the caller meanwhile; the result is dropped
         try:
             value = loads(payload)
         except BaseException as exc:  # noqa: BLE001  # any unpickling failure fails the task only
@@ -332,6 +443,8 @@ class Supervisor:
 
     @staticmethod
     def _deliver_error(task: Task, payload: bytes, pid: int | None) -> None:
+        if task.future.done():
+            return
         exc = loads_exception(payload)
         _add_note(exc, f"raised in worker pid {pid} while running {task.name}")
         task.future.set_exception(exc)
@@ -340,7 +453,7 @@ class Supervisor:
         """The pipe closed or broke: the worker is gone or useless; end it."""
         self._by_conn.pop(worker.conn, None)
         if not worker.stopping:
-            kill_tree_safely(worker)
+            self._kill(worker)
 
     def _on_exit(self, worker: WorkerHandle) -> None:
         # Results sent just before the death are still in the pipe: take
@@ -354,7 +467,11 @@ class Supervisor:
         worker.process.join(5)
         exitcode = worker.process.exitcode
         self._forget(worker)
-        if not worker.ready:
+        if self._aborting:
+            for task in worker.outstanding:
+                _cancel(task)
+            worker.outstanding.clear()
+        elif not worker.ready:
             self._on_start_failure(worker, exitcode)
         elif worker.outstanding:
             if not worker.doomed:  # doomed: we killed it, its running task is settled
@@ -378,9 +495,21 @@ class Supervisor:
             with self._lock:
                 self._pending.appendleft(task)
             return
-        task.future.set_exception(
-            WorkerLost(worker.pid, exitcode, task.name, attempts=task.attempts)
-        )
+        if not task.future.done():
+            hint = self._oom_hint(worker, exitcode)
+            task.future.set_exception(
+                WorkerLost(worker.pid, exitcode, task.name, attempts=task.attempts, hint=hint)
+            )
+
+    def _oom_hint(self, worker: WorkerHandle, exitcode: int | None) -> str | None:
+        if exitcode != -signal.SIGKILL:
+            return None
+        kills = self._oom.count()
+        if kills is not None and worker.oom_kills is not None and kills > worker.oom_kills:
+            return "likely out of memory: the kernel's OOM killer ran (cgroup memory.events)"
+        if self._max_memory is not None and worker.rss is not None and worker.rss >= 0.9 * self._max_memory:
+            return f"likely out of memory: it last used {worker.rss} bytes, near max_memory_per_child"
+        return None
 
     def _on_start_failure(self, worker: WorkerHandle, exitcode: int | None) -> None:
         self._start_failures += 1
@@ -418,7 +547,7 @@ class Supervisor:
     # --- deadlines ------------------------------------------------------------
 
     def _next_deadline(self, now: float) -> float | None:
-        deadline = self._stop_deadline
+        deadline = _earliest(self._stop_deadline, self._spawn_deadline)
         for worker in self._workers:
             if worker.doomed or not worker.outstanding:
                 continue
@@ -445,12 +574,19 @@ class Supervisor:
             if worker.outstanding and worker.outstanding[0] is task:
                 worker.outstanding.popleft()
                 worker.doomed = True
-                kill_tree_safely(worker)
+                self._kill(worker)
                 _fail(task, TaskTimeout(task.name, task.timeout, worker.pid))
         if self._stop_deadline is not None and now >= self._stop_deadline:
             self._escalate()
+        if self._spawn_deadline is not None and now >= self._spawn_deadline:
+            self._spawn_deadline = None
+            self._spawn_missing()
 
     # --- worker lifecycle ---------------------------------------------------
+
+    def _kill(self, worker: WorkerHandle) -> None:
+        """SIGKILL the worker and every process its task started (tests replace it)."""
+        _kill_tree_of(worker)
 
     def _live(self) -> int:
         return sum(1 for w in self._workers if not (w.stopping or w.doomed or w.unreachable))
@@ -459,13 +595,20 @@ class Supervisor:
         if self._closing and not self._pending:
             return
         while self._broken is None and self._live() < self._max_workers:
+            now = self._clock()
+            while self._spawned_at and self._spawned_at[0] <= now - 1.0:
+                self._spawned_at.popleft()
+            if len(self._spawned_at) >= RESPAWNS_PER_SECOND * self._max_workers:
+                self._spawn_deadline = self._spawned_at[0] + 1.0  # try again then
+                return
+            self._spawned_at.append(now)
             self._spawn()
 
     def _spawn(self) -> None:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_worker.main,
-            args=(child_conn, self._init),
+            args=(child_conn, self._init, self._log_level),
             name="pool-worker",
         )
         try:
@@ -473,6 +616,7 @@ class Supervisor:
         finally:
             child_conn.close()
         worker = WorkerHandle(process, parent_conn)
+        worker.oom_kills = self._oom.count()
         self._workers.append(worker)
         self._by_conn[parent_conn] = worker
         self._by_sentinel[process.sentinel] = worker
@@ -490,7 +634,7 @@ class Supervisor:
     def _finished(self) -> bool:
         if not (self._closing or self._broken is not None):
             return False
-        if self._pending or any(w.outstanding for w in self._workers):
+        if not self._aborting and (self._pending or any(w.outstanding for w in self._workers)):
             return False
         if not self._workers:
             return True
@@ -502,7 +646,7 @@ class Supervisor:
                         worker.conn.send_bytes(_pickle(proto.STOP))
                     except OSError:
                         pass
-            self._stop_deadline = self._clock() + STOP_GRACE
+            self._stop_deadline = self._clock() + (ABORT_GRACE if self._aborting else STOP_GRACE)
         return False
 
     def _escalate(self) -> None:
@@ -516,7 +660,7 @@ class Supervisor:
             self._stop_deadline = self._clock() + TERMINATE_GRACE
         else:
             for worker in self._workers:
-                kill_tree_safely(worker)
+                self._kill(worker)
             self._stop_deadline = self._clock() + TERMINATE_GRACE
 
     def _fail_all(self, error: BaseException) -> None:
@@ -533,7 +677,7 @@ class Supervisor:
     def _reap_all(self) -> None:
         for worker in list(self._workers):
             if worker.process.exitcode is None:
-                kill_tree_safely(worker)
+                self._kill(worker)
             worker.process.join(5)
             self._forget(worker)
 
@@ -546,10 +690,26 @@ class Supervisor:
             os.close(self._wake_w)
 
 
-def kill_tree_safely(worker: WorkerHandle) -> None:
+def _kill_tree_of(worker: WorkerHandle) -> None:
     pid = worker.pid
     if pid is not None and worker.process.exitcode is None:
         kill_tree(pid)
+
+
+def _cancel(task: Task) -> bool:
+    """End the task's future cancelled, whether it waited or ran."""
+    return task.future.cancel() or task.future._cancel_running()
+
+
+def _earliest(*deadlines: float | None) -> float | None:
+    present = [d for d in deadlines if d is not None]
+    return min(present) if present else None
+
+
+def _log(data: dict[str, Any]) -> None:
+    """Hand a worker's log record to the caller's handlers, as if logged here."""
+    record = logging.makeLogRecord(data)
+    logging.getLogger(record.name).handle(record)
 
 
 def _fail(task: Task, error: BaseException) -> None:

@@ -11,11 +11,15 @@ quick to start, and it keeps its own promises:
   processes the task started and exits at once.
 * A result, or an exception, is pickled inside the task's ``try``: if it
   cannot be pickled the task fails with a clear error and the worker lives.
+* ``logging`` records go to the caller's handlers (`_LogForwarder`); what a
+  task prints is line-buffered, so a worker killed later does not take it.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import io
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -153,27 +157,97 @@ def _execute(fn: Callable[..., Any], task_id: int, kind: int, args_bytes: bytes)
         return _failure(task_id, error)
 
 
-def _initialize(conn: multiprocessing.connection.Connection, init: tuple[bytes, bytes]) -> None:
+def _initialize(sender: _Sender, init: tuple[bytes, bytes]) -> None:
     try:
         initializer = loads(init[0])
         initargs, _ = loads(init[1])
         initializer(*initargs)
     except BaseException as exc:  # noqa: BLE001  # SystemExit in an initializer is a failure too
-        conn.send_bytes(pickle.dumps((proto.INIT_FAILED, dumps_exception(exc)), protocol=5))
-        conn.close()
+        sender.send(pickle.dumps((proto.INIT_FAILED, dumps_exception(exc)), protocol=5))
         sys.exit(INIT_FAILED_EXIT)
 
 
-def main(conn: multiprocessing.connection.Connection, init: tuple[bytes, bytes] | None) -> None:
+class _Sender:
+    """The worker's one way to write to its Pipe, safe from any thread.
+
+    Task threads may log while the main thread sends a result; two writers
+    without the lock would interleave their bytes.
+    """
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        try:
+            with self._lock:
+                self._conn.send_bytes(data)
+        except OSError:  # the supervisor is gone
+            _kill_children_and_exit(PARENT_DIED_EXIT)
+
+
+# The name of the task running now, put on the log records it emits.
+_current_task: str | None = None
+
+
+class _LogForwarder(logging.Handler):
+    """Sends each record to the supervisor, which hands it to the caller's logging.
+
+    The record travels as a dict with its message already formatted (its
+    ``args`` may not pickle) and its traceback as text.
+    """
+
+    def __init__(self, sender: _Sender) -> None:
+        super().__init__()
+        self._sender = sender
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = dict(record.__dict__)
+            data["msg"] = record.getMessage()
+            data["args"] = None
+            if record.exc_info:
+                data["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            data["exc_info"] = None
+            data["task"] = _current_task
+            try:
+                payload = pickle.dumps((proto.LOG_RECORD, data), protocol=5)
+            except Exception:  # noqa: BLE001  # an odd extra attribute: send the plain fields
+                plain = {k: v for k, v in data.items() if isinstance(v, (str, int, float, type(None)))}
+                payload = pickle.dumps((proto.LOG_RECORD, plain), protocol=5)
+            self._sender.send(payload)
+        except Exception:  # noqa: BLE001  # logging must never break the task
+            self.handleError(record)
+
+
+def _set_up_output(sender: _Sender, log_level: int) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # inherited under fork: they would write twice
+        root.removeHandler(handler)
+    root.addHandler(_LogForwarder(sender))
+    root.setLevel(log_level)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+
+
+def main(
+    conn: multiprocessing.connection.Connection,
+    init: tuple[bytes, bytes] | None,
+    log_level: int = logging.WARNING,
+) -> None:
     """The worker's life: initialize, announce, serve until the sentinel."""
+    global _current_task
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()
     threading.Thread(target=_watch_parent, name="pool-parent-watchdog", daemon=True).start()
+    sender = _Sender(conn)
+    _set_up_output(sender, log_level)
     if init is not None:
-        _initialize(conn, init)
+        _initialize(sender, init)
         del init
 
-    conn.send_bytes(pickle.dumps((proto.WORKER_READY, os.getpid()), protocol=5))
+    sender.send(pickle.dumps((proto.WORKER_READY, os.getpid()), protocol=5))
     functions = _Functions()
     while True:
         try:
@@ -185,11 +259,12 @@ def main(conn: multiprocessing.connection.Connection, init: tuple[bytes, bytes] 
         for task_id, kind, fn_id, fn_bytes, args_bytes in message[1]:
             # The reply is built and sent before the next task starts: see
             # _protocol on why this order is what blames a crash correctly.
-            reply = _execute(functions.get(fn_id, fn_bytes), task_id, kind, args_bytes)
-            try:
-                conn.send_bytes(reply)
-            except OSError:
-                _kill_children_and_exit(PARENT_DIED_EXIT)
+            fn = functions.get(fn_id, fn_bytes)
+            _current_task = describe_callable(fn)
+            reply = _execute(fn, task_id, kind, args_bytes)
+            _current_task = None
+            del fn
+            sender.send(reply)
             del reply
             _flush_output()
     conn.close()
