@@ -8,7 +8,7 @@ import sys
 
 import psutil
 
-__all__ = ["default_context", "kill_tree", "resolve_context"]
+__all__ = ["children_of", "default_context", "kill_all", "kill_tree", "resolve_context"]
 
 
 def default_context() -> multiprocessing.context.BaseContext:
@@ -57,6 +57,23 @@ def kill_tree(pid: int) -> None:
     except psutil.Error:
         return
     for process in (root, *children):
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
+def children_of(pid: int) -> list[psutil.Process]:
+    """Every descendant of ``pid`` now (empty if it is gone)."""
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def kill_all(processes: list[psutil.Process]) -> None:
+    """SIGKILL each process still running; psutil checks the pid was not reused."""
+    for process in processes:
         try:
             process.kill()
         except psutil.Error:

@@ -53,7 +53,7 @@ from ._errors import (
 )
 from ._futures import Future
 from ._memory import OomWatch, tree_rss
-from ._processes import kill_tree
+from ._processes import children_of, kill_all, kill_tree
 from ._serialize import loads, loads_exception
 from ._workers import Task, WorkerHandle
 
@@ -630,6 +630,7 @@ class Supervisor:
             worker.process.close()
         except ValueError:  # still running: leave it to the garbage collector
             pass
+        kill_all(worker.children)
 
     def _finished(self) -> bool:
         if not (self._closing or self._broken is not None):
@@ -653,6 +654,10 @@ class Supervisor:
         if not self._terminated:
             self._terminated = True
             for worker in self._workers:
+                # SIGTERM ends the worker but not what its task started, and
+                # once it is gone they cannot be found from it: note them now.
+                if worker.pid is not None:
+                    worker.children = children_of(worker.pid)
                 try:
                     worker.process.terminate()
                 except (OSError, ValueError):

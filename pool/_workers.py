@@ -56,6 +56,7 @@ class Task:
 class WorkerHandle:
     __slots__ = (
         "cached",
+        "children",
         "conn",
         "doomed",
         "init_error",
@@ -88,6 +89,7 @@ class WorkerHandle:
         self.rss: int | None = None  # bytes, last measured (with max_memory_per_child)
         self.memory_checked = float("-inf")
         self.oom_kills: int | None = None  # the cgroup's OOM kill count at its start
+        self.children: list[Any] = []  # psutil.Process objects noted before a SIGTERM
 
     def usable(self) -> bool:
         return self.ready and not (self.stopping or self.doomed or self.unreachable)

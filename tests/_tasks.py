@@ -209,3 +209,41 @@ def exit_once(marker: str) -> str:
             pass
         os._exit(5)
     return "ok"
+
+
+_held: list[bytes] = []
+
+
+def hold_memory(megabytes: int) -> int:
+    """Keep ``megabytes`` of touched memory alive in this worker; return the pid."""
+    _held.append(b"\1" * (megabytes * 1024 * 1024))
+    return os.getpid()
+
+
+def exhaust_memory() -> NoReturn:
+    """Allocate without end under an address-space limit: MemoryError, not a dead worker."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, resource.RLIM_INFINITY))
+    hog = []
+    while True:
+        hog.append(bytearray(64 * 1024 * 1024))
+
+
+def log_and_return(message: str) -> int:
+    import logging
+
+    logging.getLogger("tests.worker").warning("from the worker: %s", message)
+    logging.getLogger("tests.worker").info("an info line")
+    try:
+        raise KeyError("logged")
+    except KeyError:
+        logging.getLogger("tests.worker").exception("with a traceback")
+    return os.getpid()
+
+
+def print_then_die(text: str) -> NoReturn:
+    print(text)
+    os.kill(os.getpid(), signal.SIGKILL)
+    threading.Event().wait()
+    raise AssertionError("unreachable")
