@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Generator
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,6 +26,35 @@ class Future(concurrent.futures.Future[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
+
+    def cancel(self) -> bool:
+        """As `concurrent.futures.Future.cancel`, and waiters hear of it at once.
+
+        The base class tells ``wait`` and ``as_completed`` of a cancel only
+        when the executor next looks at the task; a task queued behind hours
+        of work would keep them waiting that long.
+        """
+        if not super().cancel():
+            return False
+        with self._condition:
+            if self._state == CANCELLED:
+                self._state = CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+        return True
+
+    def _start(self) -> bool:
+        """Mark running for the supervisor; False (and no change) if cancelled.
+
+        Unlike ``set_running_or_notify_cancel``, it may be called on a future
+        already running (a task run again after its worker died) and on one
+        already cancelled, atomically with a concurrent ``cancel``.
+        """
+        with self._condition:
+            if self._state == PENDING:
+                self._state = RUNNING
+                return True
+            return self._state == RUNNING
 
     def _cancel_running(self) -> bool:
         """Cancel even though the task started: the pool stopped it.

@@ -317,7 +317,7 @@ class Supervisor:
                 if worker is None:
                     break
                 self._pending.popleft()
-                if not _claim(task):
+                if not task.future._start():
                     continue  # cancelled just now
                 batches.setdefault(worker, []).append(task)
         now = self._clock()
@@ -719,14 +719,9 @@ def _log(data: dict[str, Any]) -> None:
 
 def _fail(task: Task, error: BaseException) -> None:
     if not task.future.done():
-        if not _claim(task):
+        if not task.future._start():
             return
         task.future.set_exception(error)
-
-
-def _claim(task: Task) -> bool:
-    """Mark the task's future running, unless already; False if it was cancelled."""
-    return task.future.running() or task.future.set_running_or_notify_cancel()
 
 
 def _copy_error(error: BaseException) -> BaseException:

@@ -71,3 +71,20 @@ def test_cancel_after_shutdown_is_harmless() -> None:
     assert future.result(timeout=60) == 25
     p.shutdown()
     assert p.cancel(future) is False
+
+
+def test_waiters_hear_of_a_queued_cancel_at_once(handshake: Handshake) -> None:
+    """The worker stays busy: no dispatch will look at the queued task for a long time."""
+    with Pool(1) as p:
+        blocker = p.submit(block_forever, handshake.path)
+        handshake.wait()
+        queued = p.submit(square, 2)
+        waiter = threading.Thread(target=lambda: concurrent.futures.wait([queued], timeout=60))
+        waiter.start()
+        assert queued.cancel()
+        done, _ = concurrent.futures.wait([queued], timeout=60)
+        assert done == {queued}
+        assert list(concurrent.futures.as_completed([queued], timeout=60)) == [queued]
+        waiter.join(60)
+        assert not waiter.is_alive()
+        p.cancel(blocker)

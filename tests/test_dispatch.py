@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import Future
 from pathlib import Path
 
 from _tasks import exit_once, identity, make_bytes, sleep_then, square
 
-from pool import Pool, WorkerLost
+from pool import Future, Pool, WorkerLost
 from pool._supervisor import Supervisor
 from pool._workers import PIPE_BUDGET, Task
 
