@@ -13,6 +13,7 @@ judged from the time the worker measured for the chunks before it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import math
 import queue
@@ -23,7 +24,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any
 
 from ._futures import Future
-from ._serialize import loads_exception
+from ._serialize import add_note, loads_exception
 
 # Worker time one chunk should take. Longer means fewer messages (better for
 # tiny items) but coarser load balance at the end of a run and results that
@@ -169,12 +170,11 @@ class ChunkedResults(Iterator[Any]):
         future: Future[Any]
         if self._ordered:
             future = self._in_flight[0]
-            try:
-                future.result(self._remaining())
-            except FuturesTimeoutError:
-                raise  # still in flight: close() cancels it
-            except BaseException:  # noqa: BLE001  # the chunk failed: __next__ raises it below
-                pass
+            # Wait without fetching: the chunk's own error is raised by
+            # __next__; only our interruptions (Ctrl-C) come out of here.
+            done, _ = concurrent.futures.wait([future], self._remaining())
+            if not done:
+                raise FuturesTimeoutError()  # still in flight: close() cancels it
             return self._in_flight.popleft()
         try:
             future = self._completed.get(timeout=self._remaining())
@@ -228,8 +228,8 @@ class ChunkedResults(Iterator[Any]):
 def _then_raise(results: list[Any], error: bytes, position: int) -> Iterator[Any]:
     yield from results
     exc = loads_exception(error)
-    note = f"raised by the item at position {position} of the input"
-    add_note = getattr(exc, "add_note", None)
-    if add_note is not None:
-        add_note(note)
+    try:
+        add_note(exc, f"raised by the item at position {position} of the input")
+    except BaseException:  # noqa: BLE001  # odd __notes__: raise it without the note
+        pass
     raise exc

@@ -12,6 +12,7 @@ import atexit
 import concurrent.futures
 import itertools
 import logging
+import math
 import multiprocessing.context
 import numbers
 import os
@@ -77,18 +78,26 @@ def _check_timeout(name: str, value: object, *, zero: bool = False) -> float | N
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__qualname__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large: {value!r}") from None
     if not (seconds >= 0 if zero else seconds > 0):  # also rejects NaN
         raise ValueError(f"{name} must be {'>=' if zero else '>'} 0 seconds, got {value!r}")
+    if math.isinf(seconds):
+        return None  # forever: the same as no timeout
     return seconds
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
+def _check_count(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, not {type(value).__qualname__}")
-    if value < minimum:
+    number = int(value)
+    if number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return number
 
 
 def _check_callable(fn: object, what: str = "fn") -> None:
@@ -169,7 +178,7 @@ class _TaskAPI:
             raise TypeError("map() needs at least one iterable")
         timeout = _check_timeout("timeout", timeout, zero=True)
         if chunksize is not None:
-            chunksize = _check_count("chunksize", chunksize, 1)
+            chunksize = _check_count("chunksize", chunksize, 1, sys.maxsize)
         workers = self._pool._max_workers
         total = length_of(iterables)
         if total is not None:
@@ -223,7 +232,7 @@ class _TaskAPI:
     ) -> Iterator[Any]:
         _check_callable(fn)
         if chunksize is not None:
-            chunksize = _check_count("chunksize", chunksize, 1)
+            chunksize = _check_count("chunksize", chunksize, 1, sys.maxsize)
         items = iter(iterable)  # a TypeError for a non-iterable, here
         workers = self._pool._max_workers
         chunker = Chunker(chunksize, length_of((iterable,)), workers)

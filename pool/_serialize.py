@@ -246,14 +246,14 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 def format_exception(exc: BaseException) -> str:
     try:
         return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:  # noqa: BLE001  # a broken __str__ must not lose the error
+    except BaseException:  # noqa: BLE001  # a broken __str__ must not lose the error
         return f"{type(exc).__qualname__}: <traceback could not be formatted>"
 
 
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:  # noqa: BLE001  # a broken __str__ must not lose the error
+    except BaseException:  # noqa: BLE001  # a broken __str__ must not lose the error
         return f"<str() of {type(exc).__qualname__} failed>"
 
 
@@ -284,7 +284,7 @@ def loads_exception(data: bytes) -> BaseException:
             exc = pickle.loads(payload)
             if isinstance(exc, BaseException):
                 return exc
-        except Exception:  # noqa: BLE001  # the description below stands in for it
+        except BaseException:  # noqa: BLE001  # even SystemExit: the description stands in for it
             pass
     return RemoteError(type_name, message, formatted)
 
@@ -296,3 +296,15 @@ def strip_frames(tb: TracebackType | None, count: int) -> TracebackType | None:
             break
         tb = tb.tb_next
     return tb
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, also on Python 3.10 and when ``__notes__`` is not a list."""
+    notes = getattr(exc, "__notes__", None)
+    if notes is not None and not isinstance(notes, list):
+        exc.__notes__ = [str(n) for n in notes] if isinstance(notes, (tuple, set)) else [str(notes)]  # type: ignore[attr-defined]
+    add = getattr(exc, "add_note", None)
+    if add is not None:
+        add(note)
+    else:  # Python 3.10: kept for callers that read __notes__
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ callback that blocks delays every other task of the pool.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing.connection
 import multiprocessing.context
@@ -38,7 +39,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _protocol as proto
@@ -54,7 +55,7 @@ from ._errors import (
 from ._futures import Future
 from ._memory import OomWatch, tree_rss
 from ._processes import children_of, kill_all, kill_tree
-from ._serialize import loads, loads_exception
+from ._serialize import add_note, loads, loads_exception
 from ._workers import Task, WorkerHandle
 
 logger = logging.getLogger("pool")
@@ -80,6 +81,9 @@ RESPAWNS_PER_SECOND = 4
 # Measure a worker's memory (with its children) at most this often, after it
 # answers a task. Each look reads /proc for the whole process tree.
 MEMORY_CHECK_INTERVAL = 0.1
+
+# The longest single wait for events; a later deadline is waited for in steps.
+MAX_WAIT = 3600.0
 
 class Supervisor:
     """Owns the workers of one `Pool`; see the module docstring."""
@@ -220,6 +224,7 @@ class Supervisor:
     # --- the supervisor thread ---------------------------------------------
 
     def _main(self) -> None:
+        _block_async_signals()
         try:
             self._spawn_missing()
             while True:
@@ -244,7 +249,8 @@ class Supervisor:
     def _wait_and_handle(self) -> None:
         now = self._clock()
         deadline = self._next_deadline(now)
-        timeout = None if deadline is None else max(0.0, deadline - now)
+        # Capped: a far deadline (a timeout of weeks) overflows the selector.
+        timeout = None if deadline is None else min(max(0.0, deadline - now), MAX_WAIT)
         waitables: list[Any] = [self._wake_r, *self._by_conn, *self._by_sentinel]
         ready = multiprocessing.connection.wait(waitables, timeout)
         dead: list[WorkerHandle] = []
@@ -434,7 +440,7 @@ class Supervisor:
             value = loads(payload)
         except BaseException as exc:  # noqa: BLE001  # any unpickling failure fails the task only
             error = SerializationError(
-                f"cannot unpickle the result of {task.name}: {type(exc).__name__}: {exc}"
+                f"cannot unpickle the result of {task.name}: {type(exc).__name__}: {_describe(exc)}"
             )
             error.__cause__ = exc
             task.future.set_exception(error)
@@ -445,8 +451,13 @@ class Supervisor:
     def _deliver_error(task: Task, payload: bytes, pid: int | None) -> None:
         if task.future.done():
             return
+        # Rebuilding runs the exception's own code here; whatever it does
+        # (raise, even SystemExit) fails this task, never this thread.
         exc = loads_exception(payload)
-        _add_note(exc, f"raised in worker pid {pid} while running {task.name}")
+        try:
+            add_note(exc, f"raised in worker pid {pid} while running {task.name}")
+        except BaseException:  # noqa: BLE001  # odd __notes__: the exception goes without the note
+            pass
         task.future.set_exception(exc)
 
     def _drop_conn(self, worker: WorkerHandle) -> None:
@@ -512,6 +523,11 @@ class Supervisor:
         return None
 
     def _on_start_failure(self, worker: WorkerHandle, exitcode: int | None) -> None:
+        if any(w.usable() for w in self._workers):
+            # Another worker started fine, so starting works: this one was
+            # killed from outside, or failed by chance. Respawning is paced
+            # by the respawn limit; breaking the pool would stop good work.
+            return
         self._start_failures += 1
         if self._start_failures < MAX_START_FAILURES:
             return
@@ -612,7 +628,8 @@ class Supervisor:
             name="pool-worker",
         )
         try:
-            process.start()
+            with _signals_unblocked():  # a child inherits its starter's signal mask
+                process.start()
         finally:
             child_conn.close()
         worker = WorkerHandle(process, parent_conn)
@@ -695,6 +712,30 @@ class Supervisor:
             os.close(self._wake_w)
 
 
+# Signals delivered to a process go to any thread that does not block them.
+# Python only runs handlers in the main thread, and a main thread blocked in
+# `Future.result()` is woken only by a signal delivered to it: if SIGINT
+# landed on this thread, Ctrl-C would not interrupt the caller's wait.
+_FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGKILL, signal.SIGSTOP}
+
+
+def _block_async_signals() -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _FAULTS)
+
+
+@contextlib.contextmanager
+def _signals_unblocked() -> Iterator[None]:
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _kill_tree_of(worker: WorkerHandle) -> None:
     pid = worker.pid
     if pid is not None and worker.process.exitcode is None:
@@ -734,12 +775,11 @@ def _copy_error(error: BaseException) -> BaseException:
     return copy
 
 
-def _add_note(exc: BaseException, note: str) -> None:
-    add_note = getattr(exc, "add_note", None)
-    if add_note is not None:
-        add_note(note)
-    else:  # Python 3.10: kept for callers that read __notes__
-        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # noqa: BLE001  # a broken __str__ must not hide the failure
+        return f"<{type(exc).__qualname__}>"
 
 
 def _pickle(obj: object) -> bytes:

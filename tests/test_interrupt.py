@@ -30,7 +30,7 @@ BODIES = {
     "map in a with block": """
         with Pool(2) as p:
             p.submit(start_child_and_block, {path!r})
-            for _ in p.map(block_forever, range(50), chunksize=1):
+            for _ in p.map(block_forever, [None] * 50, chunksize=1):
                 pass
     """,
     "result() without a with block": """
@@ -69,7 +69,7 @@ def test_ctrl_c_stops_everything_within_bounded_time(tmp_path: Path, body: str) 
     finally:
         if caller.poll() is None:
             caller.kill()
-            caller.wait()
+        caller.communicate()
 
 
 def test_sigterm_to_the_caller_leaves_no_process(tmp_path: Path) -> None:
@@ -85,4 +85,4 @@ def test_sigterm_to_the_caller_leaves_no_process(tmp_path: Path) -> None:
     finally:
         if caller.poll() is None:
             caller.kill()
-            caller.wait()
+        caller.communicate()
