@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
+import signal
 import sys
+from collections.abc import Iterator
 
 import psutil
 
-__all__ = ["children_of", "default_context", "kill_all", "kill_tree", "resolve_context"]
+__all__ = [
+    "block_async_signals",
+    "children_of",
+    "default_context",
+    "kill_all",
+    "kill_tree",
+    "resolve_context",
+    "signals_unblocked",
+]
 
 
 def default_context() -> multiprocessing.context.BaseContext:
@@ -78,3 +89,29 @@ def kill_all(processes: list[psutil.Process]) -> None:
             process.kill()
         except psutil.Error:
             pass
+
+
+# Signals delivered to a process go to any thread that does not block them.
+# Python only runs handlers in the main thread, and a main thread blocked in
+# `Future.result()` is woken only by a signal delivered to it: if SIGINT
+# landed on the supervisor thread, Ctrl-C would not interrupt the caller's
+# wait. So the supervisor blocks them, and unblocks them while it starts a
+# worker (a child inherits its starter's mask).
+_FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGKILL, signal.SIGSTOP}
+
+
+def block_async_signals() -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _FAULTS)
+
+
+@contextlib.contextmanager
+def signals_unblocked() -> Iterator[None]:
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -30,7 +30,6 @@ callback that blocks delays every other task of the pool.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import multiprocessing.connection
 import multiprocessing.context
@@ -39,7 +38,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from . import _protocol as proto
@@ -47,15 +46,15 @@ from . import _worker
 from ._errors import (
     InitializerFailed,
     PoolClosed,
-    SerializationError,
     TaskTimeout,
     WorkerLost,
     describe_exit,
 )
 from ._futures import Future
 from ._memory import OomWatch, tree_rss
-from ._processes import children_of, kill_all, kill_tree
-from ._serialize import add_note, loads, loads_exception
+from ._outcomes import cancel, copy_error, deliver_error, deliver_result, fail, log_record
+from ._processes import block_async_signals, children_of, kill_all, kill_tree, signals_unblocked
+from ._serialize import loads, loads_exception
 from ._workers import Task, WorkerHandle
 
 logger = logging.getLogger("pool")
@@ -143,7 +142,7 @@ class Supervisor:
             if self._closing:
                 raise PoolClosed("cannot submit: the pool was shut down")
             if self._broken is not None:
-                raise _copy_error(self._broken)
+                raise copy_error(self._broken)
             self._pending.append(task)
             self._wake()
 
@@ -174,7 +173,7 @@ class Supervisor:
             self._pending.clear()
             self._wake()
         for task in doomed:
-            _cancel(task)
+            cancel(task)
         if not self._started:
             self._close_wake_pipe()
 
@@ -224,7 +223,7 @@ class Supervisor:
     # --- the supervisor thread ---------------------------------------------
 
     def _main(self) -> None:
-        _block_async_signals()
+        block_async_signals()
         try:
             self._spawn_missing()
             while True:
@@ -291,7 +290,7 @@ class Supervisor:
             if queued is not None:
                 self._pending.remove(queued)
         if queued is not None:
-            return _cancel(queued)
+            return cancel(queued)
         for worker in self._workers:
             for index, task in enumerate(worker.outstanding):
                 if task.future is not future:
@@ -302,7 +301,7 @@ class Supervisor:
                     worker.doomed = True
                     self._kill(worker)
                 # Queued behind in its pipe, it will still run; its result is dropped.
-                return _cancel(task)
+                return cancel(task)
         return False
 
     # --- dispatch -----------------------------------------------------------
@@ -395,13 +394,13 @@ class Supervisor:
             if worker.outstanding:
                 worker.outstanding[0].started = now
             if tag == proto.TASK_DONE:
-                self._deliver_result(task, message[2])
+                deliver_result(task, message[2])
             else:
-                self._deliver_error(task, message[2], worker.pid)
+                deliver_error(task, message[2], worker.pid)
             if self._max_memory is not None and now - worker.memory_checked >= MEMORY_CHECK_INTERVAL:
                 self._check_memory(worker, now)
         elif tag == proto.LOG_RECORD:
-            _log(message[1])
+            log_record(message[1])
         elif tag == proto.WORKER_READY:
             worker.ready = True
             self._start_failures = 0
@@ -432,34 +431,6 @@ class Supervisor:
             worker.unreachable = True
         self._spawn_missing()
 
-    @staticmethod
-    def _deliver_result(task: Task, payload: bytes) -> None:
-        if task.future.done():
-            return  # stopped by the caller meanwhile; the result is dropped
-        try:
-            value = loads(payload)
-        except BaseException as exc:  # noqa: BLE001  # any unpickling failure fails the task only
-            error = SerializationError(
-                f"cannot unpickle the result of {task.name}: {type(exc).__name__}: {_describe(exc)}"
-            )
-            error.__cause__ = exc
-            task.future.set_exception(error)
-        else:
-            task.future.set_result(value)
-
-    @staticmethod
-    def _deliver_error(task: Task, payload: bytes, pid: int | None) -> None:
-        if task.future.done():
-            return
-        # Rebuilding runs the exception's own code here; whatever it does
-        # (raise, even SystemExit) fails this task, never this thread.
-        exc = loads_exception(payload)
-        try:
-            add_note(exc, f"raised in worker pid {pid} while running {task.name}")
-        except BaseException:  # noqa: BLE001  # odd __notes__: the exception goes without the note
-            pass
-        task.future.set_exception(exc)
-
     def _drop_conn(self, worker: WorkerHandle) -> None:
         """The pipe closed or broke: the worker is gone or useless; end it."""
         self._by_conn.pop(worker.conn, None)
@@ -480,7 +451,7 @@ class Supervisor:
         self._forget(worker)
         if self._aborting:
             for task in worker.outstanding:
-                _cancel(task)
+                cancel(task)
             worker.outstanding.clear()
         elif not worker.ready:
             self._on_start_failure(worker, exitcode)
@@ -558,7 +529,7 @@ class Supervisor:
             doomed = list(self._pending)
             self._pending.clear()
         for task in doomed:
-            _fail(task, error)
+            fail(task, error)
 
     # --- deadlines ------------------------------------------------------------
 
@@ -591,7 +562,7 @@ class Supervisor:
                 worker.outstanding.popleft()
                 worker.doomed = True
                 self._kill(worker)
-                _fail(task, TaskTimeout(task.name, task.timeout, worker.pid))
+                fail(task, TaskTimeout(task.name, task.timeout, worker.pid))
         if self._stop_deadline is not None and now >= self._stop_deadline:
             self._escalate()
         if self._spawn_deadline is not None and now >= self._spawn_deadline:
@@ -628,7 +599,7 @@ class Supervisor:
             name="pool-worker",
         )
         try:
-            with _signals_unblocked():  # a child inherits its starter's signal mask
+            with signals_unblocked():  # a child inherits its starter's signal mask
                 process.start()
         finally:
             child_conn.close()
@@ -694,7 +665,7 @@ class Supervisor:
             tasks.extend(worker.outstanding)
             worker.outstanding.clear()
         for task in tasks:
-            _fail(task, error)
+            fail(task, error)
 
     def _reap_all(self) -> None:
         for worker in list(self._workers):
@@ -712,74 +683,15 @@ class Supervisor:
             os.close(self._wake_w)
 
 
-# Signals delivered to a process go to any thread that does not block them.
-# Python only runs handlers in the main thread, and a main thread blocked in
-# `Future.result()` is woken only by a signal delivered to it: if SIGINT
-# landed on this thread, Ctrl-C would not interrupt the caller's wait.
-_FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGKILL, signal.SIGSTOP}
-
-
-def _block_async_signals() -> None:
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _FAULTS)
-
-
-@contextlib.contextmanager
-def _signals_unblocked() -> Iterator[None]:
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def _kill_tree_of(worker: WorkerHandle) -> None:
     pid = worker.pid
     if pid is not None and worker.process.exitcode is None:
         kill_tree(pid)
 
 
-def _cancel(task: Task) -> bool:
-    """End the task's future cancelled, whether it waited or ran."""
-    return task.future.cancel() or task.future._cancel_running()
-
-
 def _earliest(*deadlines: float | None) -> float | None:
     present = [d for d in deadlines if d is not None]
     return min(present) if present else None
-
-
-def _log(data: dict[str, Any]) -> None:
-    """Hand a worker's log record to the caller's handlers, as if logged here."""
-    record = logging.makeLogRecord(data)
-    logging.getLogger(record.name).handle(record)
-
-
-def _fail(task: Task, error: BaseException) -> None:
-    if not task.future.done():
-        if not task.future._start():
-            return
-        task.future.set_exception(error)
-
-
-def _copy_error(error: BaseException) -> BaseException:
-    """A fresh instance, so raising it again does not grow one traceback."""
-    try:
-        copy = type(error)(*error.args)
-    except Exception:  # noqa: BLE001  # then the original will do
-        return error
-    copy.__cause__ = error.__cause__
-    return copy
-
-
-def _describe(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except BaseException:  # noqa: BLE001  # a broken __str__ must not hide the failure
-        return f"<{type(exc).__qualname__}>"
 
 
 def _pickle(obj: object) -> bytes:

@@ -1,0 +1,81 @@
+"""How a task's future ends: a result, an error, a cancel. Never raising here.
+
+These run in the supervisor thread. Unpickling a result or rebuilding an
+exception runs the user's code (``__reduce__``, ``__setstate__``); whatever
+that code does fails the one task, never the thread that serves them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ._errors import SerializationError
+from ._serialize import add_note, loads, loads_exception
+from ._workers import Task
+
+
+def deliver_result(task: Task, payload: bytes) -> None:
+    """Unpickle a worker's result into the task's future."""
+    if task.future.done():
+        return  # stopped by the caller meanwhile; the result is dropped
+    try:
+        value = loads(payload)
+    except BaseException as exc:  # noqa: BLE001  # any unpickling failure fails the task only
+        error = SerializationError(
+            f"cannot unpickle the result of {task.name}: {type(exc).__name__}: {_describe(exc)}"
+        )
+        error.__cause__ = exc
+        task.future.set_exception(error)
+    else:
+        task.future.set_result(value)
+
+
+def deliver_error(task: Task, payload: bytes, pid: int | None) -> None:
+    """Rebuild the exception a task raised in worker ``pid`` into its future."""
+    if task.future.done():
+        return
+    # Rebuilding runs the exception's own code here; whatever it does
+    # (raise, even SystemExit) fails this task, never this thread.
+    exc = loads_exception(payload)
+    try:
+        add_note(exc, f"raised in worker pid {pid} while running {task.name}")
+    except BaseException:  # noqa: BLE001  # odd __notes__: the exception goes without the note
+        pass
+    task.future.set_exception(exc)
+
+
+def cancel(task: Task) -> bool:
+    """End the task's future cancelled, whether it waited or ran."""
+    return task.future.cancel() or task.future._cancel_running()
+
+
+def fail(task: Task, error: BaseException) -> None:
+    """Fail the task's future with ``error``, unless it already ended."""
+    if not task.future.done():
+        if not task.future._start():
+            return
+        task.future.set_exception(error)
+
+
+def copy_error(error: BaseException) -> BaseException:
+    """A fresh instance, so raising it again does not grow one traceback."""
+    try:
+        copy = type(error)(*error.args)
+    except Exception:  # noqa: BLE001  # then the original will do
+        return error
+    copy.__cause__ = error.__cause__
+    return copy
+
+
+def log_record(data: dict[str, Any]) -> None:
+    """Hand a worker's log record to the caller's handlers, as if logged here."""
+    record = logging.makeLogRecord(data)
+    logging.getLogger(record.name).handle(record)
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # noqa: BLE001  # a broken __str__ must not hide the failure
+        return f"<{type(exc).__qualname__}>"
