@@ -46,9 +46,15 @@ EXPECTED: dict[str, set[str]] = {
 INTERRUPTIONS = {"WorkerLost", "CancelledError"}
 
 
+# /dev/shm is shared by the whole machine: count only the names the pool and
+# the multiprocessing machinery under it create (SharedMemory's "psm_",
+# semaphores' "sem.mp-", and the pool's own "pool-"), not other programs'.
+_OURS = ("psm_", "sem.mp-", "pool-", "sem.pool-")
+
+
 def _shm_segments() -> set[str]:
     try:
-        return set(os.listdir("/dev/shm"))
+        return {name for name in os.listdir("/dev/shm") if name.startswith(_OURS)}
     except OSError:
         return set()
 
