@@ -34,6 +34,7 @@ import logging
 import multiprocessing.connection
 import multiprocessing.context
 import os
+import selectors
 import signal
 import threading
 import time
@@ -224,6 +225,11 @@ class Supervisor:
 
     def _main(self) -> None:
         block_async_signals()
+        # One selector for the pool's life, updated as workers come and go:
+        # building one per wait (multiprocessing.connection.wait) costs more
+        # than the rest of a tiny task's round trip in this thread.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         try:
             self._spawn_missing()
             while True:
@@ -243,6 +249,7 @@ class Supervisor:
                 self._requests_closed = True
             self._serve_requests()
             self._reap_all()
+            self._selector.close()
             self._close_wake_pipe()
 
     def _wait_and_handle(self) -> None:
@@ -250,8 +257,7 @@ class Supervisor:
         deadline = self._next_deadline(now)
         # Capped: a far deadline (a timeout of weeks) overflows the selector.
         timeout = None if deadline is None else min(max(0.0, deadline - now), MAX_WAIT)
-        waitables: list[Any] = [self._wake_r, *self._by_conn, *self._by_sentinel]
-        ready = multiprocessing.connection.wait(waitables, timeout)
+        ready = [key.fileobj for key, _ in self._selector.select(timeout)]
         dead: list[WorkerHandle] = []
         for obj in ready:
             if obj == self._wake_r:
@@ -433,7 +439,7 @@ class Supervisor:
 
     def _drop_conn(self, worker: WorkerHandle) -> None:
         """The pipe closed or broke: the worker is gone or useless; end it."""
-        self._by_conn.pop(worker.conn, None)
+        self._unwatch(worker.conn, self._by_conn)
         if not worker.stopping:
             self._kill(worker)
 
@@ -571,6 +577,15 @@ class Supervisor:
 
     # --- worker lifecycle ---------------------------------------------------
 
+    def _watch(self, fileobj: Any, index: dict[Any, WorkerHandle], worker: WorkerHandle) -> None:
+        index[fileobj] = worker
+        self._selector.register(fileobj, selectors.EVENT_READ)
+
+    def _unwatch(self, fileobj: Any, index: dict[Any, WorkerHandle]) -> None:
+        # Before the fd is closed: a closed fd cannot be taken out of epoll.
+        if index.pop(fileobj, None) is not None:
+            self._selector.unregister(fileobj)
+
     def _kill(self, worker: WorkerHandle) -> None:
         """SIGKILL the worker and every process its task started (tests replace it)."""
         _kill_tree_of(worker)
@@ -606,13 +621,13 @@ class Supervisor:
         worker = WorkerHandle(process, parent_conn)
         worker.oom_kills = self._oom.count()
         self._workers.append(worker)
-        self._by_conn[parent_conn] = worker
-        self._by_sentinel[process.sentinel] = worker
+        self._watch(parent_conn, self._by_conn, worker)
+        self._watch(process.sentinel, self._by_sentinel, worker)
 
     def _forget(self, worker: WorkerHandle) -> None:
         self._workers.remove(worker)
-        self._by_conn.pop(worker.conn, None)
-        self._by_sentinel.pop(worker.process.sentinel, None)
+        self._unwatch(worker.conn, self._by_conn)
+        self._unwatch(worker.process.sentinel, self._by_sentinel)
         worker.conn.close()
         try:
             worker.process.close()
