@@ -57,7 +57,7 @@ def announce(path: str, extra: str = "") -> None:
 def announce_then(path: str, seconds: float, value: Any) -> Any:
     """Announce, then work for a while (simulated) and return ``value``."""
     announce(path)
-    time.sleep(seconds)
+    time.sleep(seconds)  # simulated work, not synchronization
     return value
 
 
