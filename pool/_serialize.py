@@ -289,15 +289,6 @@ def loads_exception(data: bytes) -> BaseException:
     return RemoteError(type_name, message, formatted)
 
 
-def strip_frames(tb: TracebackType | None, count: int) -> TracebackType | None:
-    """Drop the first ``count`` frames (the worker's own loop) from ``tb``."""
-    for _ in range(count):
-        if tb is None or tb.tb_next is None:
-            break
-        tb = tb.tb_next
-    return tb
-
-
 def add_note(exc: BaseException, note: str) -> None:
     """``exc.add_note(note)``, also on Python 3.10 and when ``__notes__`` is not a list."""
     notes = getattr(exc, "__notes__", None)

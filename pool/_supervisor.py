@@ -7,21 +7,27 @@
     Pool.submit
       pickles fn and args
       Task ──(lock)──► pending
-      1 byte ──► wake pipe ──► wait([wake, conn 1..n, sentinel 1..n],
-                                    timeout = nearest deadline)
+    Pool.cancel ─(lock)──► requests
+      1 byte ──► wake pipe ──► select([wake, conn 1..n, sentinel 1..n],
+                                      timeout = nearest deadline)
                                dispatch ── RUN_TASKS ──► conn i ──► recv, run in order
                                route    ◄─ TASK_DONE ─── conn i ◄── send after each task
                                          ◄─ TASK_FAILED
+                                         ◄─ LOG_RECORD ─ (any thread of worker i)
                                future.set_result / set_exception
                                sentinel i ready: the worker died
                                  → blame its oldest outstanding task,
                                    requeue the others, start a replacement
+                               deadlines: task timeouts (kill the worker's
+                                 tree), respawn pacing, stop escalation
+                                 (sentinel, SIGTERM, SIGKILL)
 
 Who touches what: only this thread reads and writes the parent's end of a
 worker's Pipe and starts, kills and joins workers; only worker i uses the
-other end. Caller threads only append to ``pending`` (under ``_lock``) and
-write one byte to the wake pipe. No queue is shared with a worker, so no
-lock can be left held by a worker that dies.
+other end (its threads share it under a lock). Caller threads only append to
+``pending`` or ``requests`` (under ``_lock``) and write one byte to the wake
+pipe. No queue is shared with a worker, so no lock can be left held by a
+worker that dies.
 
 Futures' done callbacks run in this thread, as in ProcessPoolExecutor: a
 callback that blocks delays every other task of the pool.
