@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import os
 import signal
@@ -177,7 +178,7 @@ def test_interrupted_wait_leaves_the_pool_usable(handshake: Handshake) -> None:
     with Pool(1) as p:
         blocked = p.options(timeout=30).submit(block_forever, handshake.path)
         pid = handshake.wait_pid()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(concurrent.futures.TimeoutError):
             blocked.result(timeout=0.05)  # waiting, not the task, timed out
         assert not blocked.done()
         os.kill(pid, signal.SIGKILL)
