@@ -2,7 +2,7 @@
 
 Outside the default suite. Run it (ten minutes by default) with:
 
-    .venv/bin/python -m pytest -m slow tests/test_soak.py -s
+    .venv/bin/python -m pytest -m slow tests/test_soak.py -s -o faulthandler_timeout=0
 
 ``POOL_SOAK_SECONDS`` sets the duration. It ends with the counts of tasks
 submitted, completed and failed by cause, and asserts that no process, file
