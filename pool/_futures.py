@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Generator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
@@ -25,6 +24,8 @@ class Future(concurrent.futures.Future[T]):
     __module__ = "pool"
 
     def __await__(self) -> Generator[Any, None, T]:
+        import asyncio  # here: workers and scripts without asyncio skip its import
+
         return asyncio.wrap_future(self).__await__()
 
     def cancel(self) -> bool:

@@ -31,8 +31,27 @@ def default_context() -> multiprocessing.context.BaseContext:
     elsewhere.
     """
     if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("forkserver")
+        context = multiprocessing.get_context("forkserver")
+        _preload_worker(context)
+        return context
     return multiprocessing.get_context("spawn")
+
+
+def _preload_worker(context: multiprocessing.context.BaseContext) -> None:
+    """Have the forkserver import the worker's modules once, for every fork.
+
+    Without it each worker imports them itself after the fork. Only while the
+    server is not running yet (the list is read when it starts), and added
+    to the modules already asked for (``__main__`` by default).
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return
+    modules = list(getattr(server, "_preload_modules", ["__main__"]))
+    if "pool._worker" not in modules:
+        context.set_forkserver_preload([*modules, "pool._worker"])
 
 
 def resolve_context(

@@ -74,6 +74,17 @@ def start_method(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def close(p: Pool) -> None:
+    """Shut a test's pool down in bounded time, even if the test left a task blocked.
+
+    A failing test may leave a task that never ends; a plain shutdown would
+    wait for it forever. Aborting stops running tasks as Ctrl-C does (the
+    stop sentinel, then SIGTERM, then SIGKILL) and cancels what is queued.
+    """
+    p._supervisor.abort()
+    p.shutdown(wait=True)
+
+
 @pytest.fixture
 def pool() -> Iterator[Pool]:
     """A 2-worker pool with the default start method, always shut down."""
@@ -81,7 +92,7 @@ def pool() -> Iterator[Pool]:
     try:
         yield p
     finally:
-        p.shutdown(wait=True, cancel_futures=True)
+        close(p)
 
 
 @pytest.fixture
@@ -91,7 +102,7 @@ def any_pool(start_method: str) -> Iterator[Pool]:
     try:
         yield p
     finally:
-        p.shutdown(wait=True, cancel_futures=True)
+        close(p)
 
 
 @pytest.fixture
