@@ -122,7 +122,7 @@ class _FunctionTable:
         self._ids = itertools.count()
 
     def lookup(self, fn: Callable[..., Any]) -> tuple[int | None, bytes]:
-        if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+        if not _cacheable(fn):
             return None, dumps_function(fn)
         key = id(fn)
         with self._lock:
@@ -137,6 +137,15 @@ class _FunctionTable:
             if len(self._entries) > self.SIZE:
                 self._entries.popitem(last=False)
         return fn_id, data
+
+
+def _cacheable(fn: object) -> bool:
+    if isinstance(fn, types.FunctionType):
+        return True
+    # A builtin bound to an object (``d.get``) carries that object's state.
+    return isinstance(fn, types.BuiltinFunctionType) and isinstance(
+        getattr(fn, "__self__", None), (types.ModuleType, type(None))
+    )
 
 
 class _TaskAPI:

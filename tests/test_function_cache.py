@@ -84,6 +84,16 @@ def test_callable_objects_are_sent_with_their_current_state() -> None:
         assert p.submit(scale, 5).result(timeout=60) == 15
 
 
+def test_builtin_methods_are_sent_with_their_objects_current_state() -> None:
+    table = {"k": 1}
+    getter = table.get
+    with Pool(1) as p:
+        assert p.submit(getter, "k").result(timeout=60) == 1
+        table["k"] = 2
+        assert p.submit(getter, "k").result(timeout=60) == 2
+        assert p.submit(len, [1, 2, 3]).result(timeout=60) == 3
+
+
 def test_lru_keys() -> None:
     keys: protocol.LruKeys[int] = protocol.LruKeys(2)
     assert keys.touch(1) is None
