@@ -32,7 +32,7 @@ import psutil
 import pytest
 from _support import worker_pids
 from _tasks import add, identity, init_store, make_bytes, square
-from conftest import stray_processes, wait_gone
+from conftest import close, stray_processes, wait_gone
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -81,7 +81,7 @@ def live() -> Iterator[Pool]:
     try:
         yield p
     finally:
-        p.shutdown(wait=True, cancel_futures=True)
+        close(p)
         assert not wait_gone(workers), "the shared pool's workers outlived its shutdown"
 
 
@@ -93,7 +93,7 @@ def idle() -> Iterator[Pool]:
         yield p
         assert not started(p), "bad calls started the pool"
     finally:
-        p.shutdown(wait=True, cancel_futures=True)
+        close(p)
 
 
 @contextlib.contextmanager
@@ -107,7 +107,7 @@ def settled(p: Pool) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        p.shutdown(wait=True, cancel_futures=True)
+        close(p)
         raise
 
 
@@ -118,7 +118,7 @@ def solo() -> Iterator[Pool]:
     try:
         yield p
     finally:
-        p.shutdown(wait=True, cancel_futures=True)
+        close(p)
 
 
 # --- verdicts: what a value of a parameter must do ------------------------------
@@ -671,7 +671,7 @@ def test_a_huge_task_timeout_is_refused_or_honoured(where: str, seconds: float) 
         assert future.result() == 49
         assert p.submit(square, 8).result(timeout=TIMEOUT) == 64
     finally:
-        p.shutdown(wait=True, cancel_futures=True)
+        close(p)
 
 
 def test_a_pool_that_refused_everything_still_works() -> None:
@@ -1013,7 +1013,7 @@ def bad_then_good(p: Pool, submit_bad: Callable[[], Future[Any]]) -> Future[Any]
     except BaseException as exc:  # SystemExit too: a broken pool may raise anything
         trouble = exc
     if trouble is not None or not future.done():
-        p.shutdown(wait=True, cancel_futures=True)  # see settled()
+        close(p)  # see settled()
     assert future.done(), (
         "the bad task never ended (its future would hang forever); "
         f"the normal task queued behind it got: {safe_describe(trouble)}"
