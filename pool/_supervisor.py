@@ -40,6 +40,7 @@ import logging
 import multiprocessing.connection
 import multiprocessing.context
 import os
+import pickle
 import selectors
 import signal
 import threading
@@ -308,10 +309,7 @@ class Supervisor:
                 if task.future is not future:
                     continue
                 if index == 0 and not worker.doomed:
-                    # Running: end its worker (and what the task started).
-                    worker.outstanding.popleft()
-                    worker.doomed = True
-                    self._kill(worker)
+                    self._end_running(worker)
                 # Queued behind in its pipe, it will still run; its result is dropped.
                 return cancel(task)
         return False
@@ -436,12 +434,36 @@ class Supervisor:
 
     def _retire(self, worker: WorkerHandle) -> None:
         """Let the worker finish what it holds and leave by the sentinel; replace it now."""
+        self._send_stop(worker)
+        self._spawn_missing()
+
+    def _send_stop(self, worker: WorkerHandle) -> None:
         worker.stopping = True
         try:
             worker.conn.send_bytes(_pickle(proto.STOP))
         except OSError:
             worker.unreachable = True
-        self._spawn_missing()
+
+    def _end_running(self, worker: WorkerHandle) -> Task:
+        """Kill the worker (and what its task started) to end its running task."""
+        task = worker.outstanding.popleft()
+        worker.doomed = True
+        self._kill(worker)
+        return task
+
+    def _drain(self, worker: WorkerHandle, running: Task | None = None) -> None:
+        """Handle the events already in the worker's pipe (while ``running`` still runs)."""
+        if worker.conn not in self._by_conn:
+            return
+        try:
+            while worker.conn.poll() and (running is None or self._runs(worker, running)):
+                self._handle(worker, loads(worker.conn.recv_bytes()))
+        except (EOFError, OSError):
+            pass
+
+    @staticmethod
+    def _runs(worker: WorkerHandle, task: Task) -> bool:
+        return bool(worker.outstanding) and worker.outstanding[0] is task
 
     def _drop_conn(self, worker: WorkerHandle) -> None:
         """The pipe closed or broke: the worker is gone or useless; end it."""
@@ -452,12 +474,7 @@ class Supervisor:
     def _on_exit(self, worker: WorkerHandle) -> None:
         # Results sent just before the death are still in the pipe: take
         # them first, so only the task really running is blamed.
-        if worker.conn in self._by_conn:
-            try:
-                while worker.conn.poll():
-                    self._handle(worker, loads(worker.conn.recv_bytes()))
-            except (EOFError, OSError):
-                pass
+        self._drain(worker)
         worker.process.join(5)
         exitcode = worker.process.exitcode
         self._forget(worker)
@@ -564,16 +581,9 @@ class Supervisor:
             if task.timeout is None or task.started is None or now < task.started + task.timeout:
                 continue
             # Its result may already be in the pipe: a finished task is not late.
-            if worker.conn in self._by_conn:
-                try:
-                    while worker.conn.poll() and worker.outstanding and worker.outstanding[0] is task:
-                        self._handle(worker, loads(worker.conn.recv_bytes()))
-                except (EOFError, OSError):
-                    pass
-            if worker.outstanding and worker.outstanding[0] is task:
-                worker.outstanding.popleft()
-                worker.doomed = True
-                self._kill(worker)
+            self._drain(worker, running=task)
+            if self._runs(worker, task):
+                self._end_running(worker)
                 fail(task, TaskTimeout(task.name, task.timeout, worker.pid))
         if self._stop_deadline is not None and now >= self._stop_deadline:
             self._escalate()
@@ -651,11 +661,7 @@ class Supervisor:
         if self._stop_deadline is None:
             for worker in self._workers:
                 if not worker.stopping:
-                    worker.stopping = True
-                    try:
-                        worker.conn.send_bytes(_pickle(proto.STOP))
-                    except OSError:
-                        pass
+                    self._send_stop(worker)
             self._stop_deadline = self._clock() + (ABORT_GRACE if self._aborting else STOP_GRACE)
         return False
 
@@ -716,6 +722,4 @@ def _earliest(*deadlines: float | None) -> float | None:
 
 
 def _pickle(obj: object) -> bytes:
-    import pickle
-
     return pickle.dumps(obj, protocol=5)
