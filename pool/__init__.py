@@ -11,20 +11,26 @@ from ._errors import SerializationError as SerializationError
 from ._errors import TaskTimeout as TaskTimeout
 from ._errors import WorkerLost as WorkerLost
 from ._futures import Future as Future
+from ._pipeline import FailedItem as FailedItem
+from ._pipeline import Pipeline as Pipeline
+from ._pipeline import StageStats as StageStats
 from ._pool import Pool as Pool
 from ._pool import PoolView as PoolView
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "FailedItem",
     "Future",
     "InitializerFailed",
+    "Pipeline",
     "Pool",
     "PoolClosed",
     "PoolError",
     "PoolView",
     "RemoteError",
     "SerializationError",
+    "StageStats",
     "TaskTimeout",
     "WorkerLost",
 )

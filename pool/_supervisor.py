@@ -136,6 +136,7 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._terminated = False
         self._spawned_at: deque[float] = deque()
+        self.spawned = 0  # worker processes started, first ones included
         self._spawn_deadline: float | None = None
         self._thread = threading.Thread(target=self._main, name="pool-supervisor", daemon=True)
         self._started = False
@@ -634,6 +635,7 @@ class Supervisor:
                 process.start()
         finally:
             child_conn.close()
+        self.spawned += 1
         worker = WorkerHandle(process, parent_conn)
         worker.oom_kills = self._oom.count()
         self._workers.append(worker)

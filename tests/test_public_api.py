@@ -22,14 +22,17 @@ from pool import (
 )
 
 PUBLIC = (
+    "FailedItem",
     "Future",
     "InitializerFailed",
+    "Pipeline",
     "Pool",
     "PoolClosed",
     "PoolError",
     "PoolView",
     "RemoteError",
     "SerializationError",
+    "StageStats",
     "TaskTimeout",
     "WorkerLost",
 )
