@@ -1,16 +1,18 @@
 """One run of a `Pipeline`: chunks of the source flowing through stage pools.
 
-Three threads of the caller's process take part:
+Threads of the caller's process that take part:
 
 * the *feeder* reads the source, cuts it into chunks and pickles them. It
   waits while the pipeline holds `buffer` source items (or a bounded number
   of chunks), so a slow stage, or a caller that does not iterate, slows the
   reading of the source: memory stays bounded whatever the source's length.
-* the *driver* owns every chunk's state. It submits chunks to the stages'
-  pools, forwards each stage's output bytes to the next stage without
+* each stage pool's supervisor thread, in the done callback of a chunk's
+  future, forwards the chunk's output bytes to the next stage without
   unpickling them, applies the error policy, and hands finished chunks to
-  the caller, in source order unless the pipeline is unordered. Everything
-  it learns arrives on one queue, so its state needs no lock.
+  the caller, in source order unless the pipeline is unordered. The chunk
+  states are shared under one lock. Forwarding in the callback, rather
+  than through a thread of its own, saves a thread switch per chunk and
+  stage: with the GIL, a switch can wait for the switch interval.
 * the caller's thread, iterating, unpickles the last stage's output and
   yields it. Taking a chunk off the output queue is what frees its room in
   the buffer.
@@ -125,7 +127,7 @@ class Run:
         self._held_items = 0
         self._held_chunks = 0
         self._stopping = False
-        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._lock = threading.RLock()  # the chunk states; reentrant: a callback may run inline
         self._outputs: queue.SimpleQueue[Output] = queue.SimpleQueue()
         # Driver state.
         self._live = 0
@@ -150,10 +152,8 @@ class Run:
             self._stop_pools(abort=True)
             raise
         self._run_chunk = [pool._functions.lookup(_stage.run_chunk) for pool in self._pools]
-        self._driver = threading.Thread(target=self._drive, name="pool-pipeline-driver", daemon=True)
         # Daemon: a source blocked forever must not keep the interpreter alive.
         self._feeder = threading.Thread(target=self._feed, name="pool-pipeline-feeder", daemon=True)
-        self._driver.start()
         self._feeder.start()
 
     # --- the caller's thread -------------------------------------------------
@@ -182,13 +182,12 @@ class Run:
         if self._closed:
             return
         self._closed = True
-        with self._room:
-            self._stopping = True
-            self._room.notify_all()
-        finished = self._source_done and self._live == 0 and not self._failed
-        self._events.put(("stop",))
+        with self._lock:  # no chunk is being handled after this
+            with self._room:
+                self._stopping = True
+                self._room.notify_all()
+            finished = self._source_done and self._live == 0 and not self._failed
         self._stop_pools(abort=not finished)
-        self._driver.join()
 
     def restarts(self) -> list[int]:
         """Workers started in each stage beyond its first ones."""
@@ -213,14 +212,14 @@ class Run:
                 self._release(size - len(items), 0 if items else 1)
                 if items:
                     data, failures = self._pack(position, items)
-                    self._events.put(("fed", Chunk(chunk_id, position, len(items)), data, failures))
+                    self._handle(self._on_fed, Chunk(chunk_id, position, len(items)), data, failures)
                     position += len(items)
                 if error is not None or len(items) < size:
                     return
         except BaseException as exc:  # noqa: BLE001  # the feeder's own failure ends the run, loudly
             error = exc
         finally:
-            self._events.put(("source_end", error))
+            self._handle(self._on_source_end, error)
 
     def _reserve(self) -> int:
         with self._room:
@@ -282,25 +281,20 @@ class Run:
 
     # --- the driver ------------------------------------------------------------
 
-    def _drive(self) -> None:
-        while True:
-            event = self._events.get()
-            kind = event[0]
-            if kind == "stop":
-                return
+    def _handle(self, handler: Callable[..., None], *args: Any) -> None:
+        """Run ``handler`` on the chunk states; after the end, do nothing."""
+        with self._lock:
             if self._failed or self._stopping:
-                continue  # what arrives after the end is dropped
+                return  # what arrives after the end is dropped
             try:
-                if kind == "done":
-                    self._on_done(event[1], event[2])
-                elif kind == "fed":
-                    self._on_fed(event[1], event[2], event[3])
-                else:  # "source_end"
-                    self._source_done = True
-                    self._source_error = event[1]
-                    self._check_end()
+                handler(*args)
             except BaseException as exc:  # noqa: BLE001  # a bug or odd data ends the run, loudly
                 self._fail_run(exc)
+
+    def _on_source_end(self, error: BaseException | None) -> None:
+        self._source_done = True
+        self._source_error = error
+        self._check_end()
 
     def _on_fed(self, chunk: Chunk, data: bytes | None, failures: list[tuple[int, BaseException]]) -> None:
         self._live += 1
@@ -339,8 +333,7 @@ class Run:
         future = self._pools[stage]._enqueue(
             spec.name, proto.CALL, fn_id, fn_bytes, dumps(((piece.data,), {})), timeout, 0
         )
-        events = self._events
-        future.add_done_callback(lambda f: events.put(("done", piece, f)))
+        future.add_done_callback(lambda f: None if f.cancelled() else self._handle(self._on_done, piece, f))
 
     def _on_done(self, piece: Piece, future: Future[Any]) -> None:
         if future.cancelled():

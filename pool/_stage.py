@@ -46,6 +46,8 @@ def install(kind: str, fn: Callable[..., Any]) -> None:
 
 def positions_of(values: Sequence[int]) -> Sequence[int]:
     """Positions in their most compact picklable form: a range when consecutive."""
+    if isinstance(values, (range, array)):
+        return values
     count = len(values)
     if count and values[-1] - values[0] == count - 1 and _consecutive(values):
         return range(values[0], values[0] + count)
@@ -77,11 +79,26 @@ def run_chunk(data: bytes) -> tuple[bytes, list[Failure], float, int, int, int]:
     if fn is None:
         raise RuntimeError("no pipeline stage is installed in this worker")
     positions, items = unpack(data)
-    out_positions: list[int] = []
+    start = time.perf_counter()
     outputs: list[Any] = []
     failures: list[Failure] = []
-    start = time.perf_counter()
-    for position, item in zip(positions, items):  # noqa: B905  # packed together
+    done = 0
+    if kind == MAP:
+        # The common case: every item maps and the positions pass through
+        # unchanged. On the first raise, go on item by item after it.
+        append = outputs.append
+        try:
+            for item in items:
+                append(fn(item))
+        except BaseException as exc:  # noqa: BLE001  # SystemExit too: the item fails, not the worker
+            done = len(outputs)
+            error = dumps_exception(_user_frames(exc))
+            failures.append((positions[done], _dumps_or_none(items[done]), error))
+            done += 1
+        else:
+            return _finish(positions, outputs, [], start, len(items))
+    out_positions = list(positions[: len(outputs)])
+    for position, item in zip(positions[done:], items[done:]):  # noqa: B905  # packed together
         try:
             if kind == MAP:
                 outputs.append(fn(item))
@@ -98,12 +115,18 @@ def run_chunk(data: bytes) -> tuple[bytes, list[Failure], float, int, int, int]:
                 fn(item)
         except BaseException as exc:  # noqa: BLE001  # SystemExit too: the item fails, not the worker
             failures.append((position, _dumps_or_none(item), dumps_exception(_user_frames(exc))))
+    return _finish(out_positions, outputs, failures, start, len(items))
+
+
+def _finish(
+    positions: Sequence[int], outputs: list[Any], failures: list[Failure], start: float, items_in: int
+) -> tuple[bytes, list[Failure], float, int, int, int]:
     seconds = time.perf_counter() - start
     try:
-        packed = pack(out_positions, outputs)
+        packed = pack(positions, outputs)
     except Exception:  # noqa: BLE001  # find the outputs that cannot be pickled; they fail alone
-        packed = _pack_picklable(out_positions, outputs, failures)
-    return packed, failures, seconds, os.getpid(), len(items), len(outputs)
+        packed = _pack_picklable(list(positions), outputs, failures)
+    return packed, failures, seconds, os.getpid(), items_in, len(outputs)
 
 
 def _iterate(produced: object) -> Iterable[Any]:

@@ -100,3 +100,12 @@ def counting(limit: int | None, reads: list[int]) -> Iterator[int]:
         reads[0] = n + 1
         yield n
         n += 1
+
+
+def fail_once_at(target: int, directory: str, x: int) -> int:
+    """Raise on ``target``; a second call for any item raises something else."""
+    with open(os.path.join(directory, str(x)), "x"):  # exclusive: a second run cannot open it
+        pass
+    if x == target:
+        raise ValueError(f"item {x} is bad")
+    return x

@@ -24,6 +24,7 @@ from _stages import (
     double,
     exit_at,
     fail_at,
+    fail_once_at,
     is_even,
     is_multiple_of_5,
     not_iterable,
@@ -170,6 +171,15 @@ def test_collect_yields_a_record_in_place_of_the_failed_item() -> None:
     assert isinstance(record, FailedItem)
     assert (record.stage, record.position, record.item) == ("fail_at", 3, 6)
     assert isinstance(record.error, ValueError) and "item 6 is bad" in str(record.error)
+
+
+def test_each_item_runs_once_when_another_in_its_chunk_raises(tmp_path: Path) -> None:
+    pipe = Pipeline(range(3000), on_error="collect").map(functools.partial(fail_once_at, 2500, str(tmp_path)))
+    got = list(pipe)
+    (record,) = [g for g in got if isinstance(g, FailedItem)]
+    assert isinstance(record.error, ValueError) and record.position == 2500
+    assert len(os.listdir(tmp_path)) == 3000
+    assert pipe.stats()[0].retried == 0
 
 
 def test_collect_keeps_order_with_several_failures_in_several_stages() -> None:
