@@ -79,6 +79,7 @@ class Chunk:
     id: int
     first: int  # the source position of its first item
     size: int  # source items it holds room for in the buffer
+    nbytes: int = 0  # its pickled size as read from the source, held against byte_limit
     stage: int = 0
     # Failures kept for the caller (on_error="collect"), as
     # (position, stage name, item bytes or None, exception or its bytes).
@@ -110,6 +111,7 @@ class Run:
         *,
         ordered: bool,
         buffer: int,
+        byte_limit: int | None,
         on_error: str,
         mp_context: Any,
     ) -> None:
@@ -117,6 +119,7 @@ class Run:
         self._specs = list(stages)
         self._ordered = ordered
         self._buffer = buffer
+        self._byte_limit = byte_limit
         self._on_error = on_error
         self.counters = [StageCounters() for _ in self._specs]
         total_workers = sum(spec.workers for spec in self._specs) or 1
@@ -125,6 +128,8 @@ class Run:
         # The feeder's room, shared with the caller's thread.
         self._room = threading.Condition()
         self._held_items = 0
+        self._held_bytes = 0
+        self._ramp = 1  # see _chunk_size
         self._held_chunks = 0
         self._stopping = False
         self._lock = threading.RLock()  # the chunk states; reentrant: a callback may run inline
@@ -159,15 +164,23 @@ class Run:
     # --- the caller's thread -------------------------------------------------
 
     def results(self) -> Iterator[tuple[Sequence[int], list[Any], list[Any]]]:
-        """Finished chunks in output order: positions, items, failure records."""
+        """Finished chunks in output order: positions, items, failure records.
+
+        A chunk's room in the buffer is freed when the caller asks for the
+        next one, so what the loop has not consumed yet counts as held.
+        """
+        previous: Chunk | None = None
         while True:
             kind, payload = self._outputs.get()
+            if previous is not None:
+                self._free(previous)
+                previous = None
             if kind == "chunk":
                 chunk, data = payload
-                with self._room:
-                    self._held_items -= chunk.size
-                    self._held_chunks -= 1
-                    self._room.notify()
+                previous = chunk
+                if isinstance(data, list):  # no stage: the source's own objects
+                    yield range(chunk.first, chunk.first + len(data)), data, chunk.failures
+                    continue
                 positions, items = _stage.unpack(data) if data is not None else ((), [])
                 yield positions, items, chunk.failures
             elif kind == "error":
@@ -177,11 +190,31 @@ class Run:
                     raise payload
                 return
 
+    def _free(self, chunk: Chunk) -> None:
+        with self._room:
+            self._held_items -= chunk.size
+            self._held_bytes -= chunk.nbytes
+            self._held_chunks -= 1
+            self._room.notify()
+
     def close(self) -> None:
-        """Stop everything; bounded in time whatever the stages are doing."""
+        """Stop everything; bounded in time whatever the stages are doing.
+
+        Called where the iteration ends, or by the garbage collector in
+        whatever thread it runs: in a stage's supervisor thread or the
+        feeder, joining the supervisors would wait on the very thread doing
+        it, so a thread of its own does the stopping there.
+        """
         if self._closed:
             return
         self._closed = True
+        current = threading.current_thread()
+        if current is self._feeder or any(pool._supervisor._thread is current for pool in self._pools):
+            threading.Thread(target=self._close, name="pool-pipeline-closer", daemon=True).start()
+        else:
+            self._close()
+
+    def _close(self) -> None:
         with self._lock:  # no chunk is being handled after this
             with self._room:
                 self._stopping = True
@@ -206,13 +239,17 @@ class Run:
                 items: list[Any] = []
                 try:
                     items.extend(itertools.islice(self._source, size))  # keeps what came before a raise
-                except Exception as exc:  # noqa: BLE001  # raised to the caller after what came before
+                except BaseException as exc:  # noqa: BLE001  # raised to the caller after what came before
                     add_note(exc, f"raised by the pipeline's source after {position + len(items)} items")
                     error = exc
                 self._release(size - len(items), 0 if items else 1)
                 if items:
-                    data, failures = self._pack(position, items)
-                    self._handle(self._on_fed, Chunk(chunk_id, position, len(items)), data, failures)
+                    data, failures = self._pack(position, items) if self._specs else (items, [])
+                    nbytes = len(data) if isinstance(data, bytes) else 0
+                    with self._room:
+                        self._held_bytes += nbytes
+                    chunk = Chunk(chunk_id, position, len(items), nbytes=nbytes)
+                    self._handle(self._on_fed, chunk, data, failures)
                     position += len(items)
                 if error is not None or len(items) < size:
                     return
@@ -220,11 +257,15 @@ class Run:
             error = exc
         finally:
             self._handle(self._on_source_end, error)
+            if self._stopping:
+                _close_source(self._source)
 
     def _reserve(self) -> int:
         with self._room:
             while not self._stopping and (
-                self._held_chunks >= self._max_chunks or self._held_items >= self._buffer
+                self._held_chunks >= self._max_chunks
+                or self._held_items >= self._buffer
+                or (self._byte_limit is not None and self._held_bytes >= self._byte_limit)
             ):
                 self._room.wait()
             if self._stopping:
@@ -242,19 +283,27 @@ class Run:
                 self._room.notify()
 
     def _chunk_size(self) -> int:
-        """About TARGET_SECONDS of work for the slowest stage, within the cap."""
-        size = float(self._cap)
-        for spec, counters in zip(self._specs, self._counters_snapshot()):  # noqa: B905
-            if counters is None:
-                return 1  # a stage not measured yet: one item, as map starts
-            if counters > 0:
-                size = min(size, TARGET_SECONDS / counters)
-                if spec.timeout is not None:
-                    size = min(size, spec.timeout / (4 * counters))
-        return max(1, int(size))
+        """About TARGET_SECONDS of work for the slowest stage, within the cap.
 
-    def _counters_snapshot(self) -> list[float | None]:
-        return [c.per_item for c in self.counters]
+        While a stage has not timed a chunk yet, sizes start at one item and
+        double chunk by chunk: a slow stage nobody measured gets small
+        chunks, and one that items rarely reach (behind a selective filter)
+        does not hold every chunk at one item.
+        """
+        size = float(self._cap)
+        unmeasured = False
+        for spec, counters in zip(self._specs, self.counters):  # noqa: B905
+            per_item = counters.per_item
+            if per_item is None:
+                unmeasured = True
+            elif per_item > 0:
+                size = min(size, TARGET_SECONDS / per_item)
+                if spec.timeout is not None:
+                    size = min(size, spec.timeout / (4 * per_item))
+        if unmeasured:
+            size = min(size, self._ramp)
+            self._ramp *= 2
+        return max(1, int(size))
 
     def _pack(self, first: int, items: list[Any]) -> tuple[bytes | None, list[tuple[int, BaseException]]]:
         try:
@@ -374,7 +423,9 @@ class Run:
             chunk.parts_left = len(items)
             counters.retried += len(items)
             for index, (position, item) in enumerate(zip(positions, items)):  # noqa: B905
-                self._submit(Piece(chunk, index, _stage.pack([position], [item]), 1))
+                # Its run in the chunk was its first attempt: with retries=0 the
+                # item to blame fails when it kills its worker again alone.
+                self._submit(Piece(chunk, index, _stage.pack([position], [item]), 1, attempts=2))
             return
         if isinstance(error, WorkerLost) and piece.attempts <= self._specs[chunk.stage].retries:
             counters.retried += 1
@@ -473,6 +524,20 @@ class Run:
                 pool.shutdown(wait=False)
         for pool in self._pools:
             pool._supervisor.join()
+
+
+def _close_source(source: Iterator[Any]) -> None:
+    """Close a generator source the pipeline stopped reading, in the thread that ran it.
+
+    Its ``finally`` blocks (a file's ``with``) run now, not whenever it is
+    collected; the items it would yield next are not wanted.
+    """
+    close = getattr(source, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001  # the run is over; a failing close must not mask why
+            pass
 
 
 def _dumps_or_none(item: object) -> bytes | None:

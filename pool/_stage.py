@@ -122,11 +122,12 @@ def _finish(
     positions: Sequence[int], outputs: list[Any], failures: list[Failure], start: float, items_in: int
 ) -> tuple[bytes, list[Failure], float, int, int, int]:
     seconds = time.perf_counter() - start
+    count = len(outputs)
     try:
         packed = pack(positions, outputs)
     except Exception:  # noqa: BLE001  # find the outputs that cannot be pickled; they fail alone
-        packed = _pack_picklable(list(positions), outputs, failures)
-    return packed, failures, seconds, os.getpid(), items_in, len(outputs)
+        packed, count = _pack_picklable(list(positions), outputs, failures)
+    return packed, failures, seconds, os.getpid(), items_in, count
 
 
 def _iterate(produced: object) -> Iterable[Any]:
@@ -137,7 +138,7 @@ def _iterate(produced: object) -> Iterable[Any]:
     return produced
 
 
-def _pack_picklable(positions: list[int], outputs: list[Any], failures: list[Failure]) -> bytes:
+def _pack_picklable(positions: list[int], outputs: list[Any], failures: list[Failure]) -> tuple[bytes, int]:
     kept_positions: list[int] = []
     kept: list[Any] = []
     for position, output in zip(positions, outputs):  # noqa: B905  # built together
@@ -154,7 +155,7 @@ def _pack_picklable(positions: list[int], outputs: list[Any], failures: list[Fai
             kept_positions.append(position)
             kept.append(output)
     failures.sort(key=lambda failure: failure[0])
-    return pack(kept_positions, kept)
+    return pack(kept_positions, kept), len(kept)
 
 
 def _dumps_or_none(item: object) -> bytes | None:

@@ -109,3 +109,16 @@ def fail_once_at(target: int, directory: str, x: int) -> int:
     if x == target:
         raise ValueError(f"item {x} is bad")
     return x
+
+
+def greater_than(limit: int, x: int) -> bool:
+    return x > limit
+
+
+def crash_counting_at(target: int, directory: str, x: int) -> int:
+    """Leave a file per run on ``target``, then kill this worker."""
+    if x == target:
+        with open(os.path.join(directory, f"run-{os.getpid()}"), "w"):
+            pass
+        os._exit(3)
+    return x

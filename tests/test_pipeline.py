@@ -20,11 +20,13 @@ from _stages import (
     block_at,
     counting,
     crash_at,
+    crash_counting_at,
     crash_once_at,
     double,
     exit_at,
     fail_at,
     fail_once_at,
+    greater_than,
     is_even,
     is_multiple_of_5,
     not_iterable,
@@ -96,8 +98,19 @@ def test_a_small_buffer_gives_the_same_results() -> None:
     assert list(build(range(2000), *stages, workers=2, buffer=3)) == sequential(range(2000), *stages)
 
 
-def test_a_pipeline_without_stages_yields_its_source() -> None:
-    assert list(Pipeline(["a", "b"])) == ["a", "b"]
+def test_a_pipeline_without_stages_yields_its_source_objects_themselves() -> None:
+    lock = threading.Lock()
+    items = ["a", lock, ["b"]]
+    got = list(Pipeline(items))
+    assert got == items and all(g is i for g, i in zip(got, items))  # noqa: B905
+
+
+def test_chunks_grow_even_behind_a_filter_that_lets_almost_nothing_through() -> None:
+    pipe = Pipeline(range(20_000)).filter(functools.partial(greater_than, 19_990)).map(double)
+    assert list(pipe) == [2 * x for x in range(19_991, 20_000)]
+    assert pipe._run is not None
+    chunks = next(pipe._run._pools[0]._ids)  # tasks the first stage was given
+    assert chunks < 200, chunks
 
 
 def test_text_flows_through_lambdas_and_builtins() -> None:
@@ -217,6 +230,21 @@ def test_retries_rerun_an_item_whose_worker_died(tmp_path: Path) -> None:
     assert stats.retried >= 1 and stats.restarts >= 1 and stats.failed == 0
 
 
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_an_item_that_always_kills_its_worker_runs_retries_plus_one_times(
+    tmp_path: Path, retries: int
+) -> None:
+    # Its run inside a chunk counts; with retries=0 it runs once more, alone,
+    # to find which item of the chunk to blame.
+    crasher = functools.partial(crash_counting_at, 2500, str(tmp_path))
+    pipe = Pipeline(range(3000), on_error="collect").map(crasher, retries=retries)
+    got = list(pipe)
+    (record,) = [g for g in got if isinstance(g, FailedItem)]
+    assert record.position == 2500 and isinstance(record.error, WorkerLost)
+    assert len(got) == 3000
+    assert len(os.listdir(tmp_path)) == max(2, retries + 1)
+
+
 def test_a_stuck_item_times_out_alone() -> None:
     pipe = Pipeline(range(12), on_error="collect").map(functools.partial(block_at, 5, None), timeout=0.5)
     got = list(pipe)
@@ -238,6 +266,8 @@ def test_an_output_that_cannot_be_pickled_fails_alone() -> None:
     assert got[:3] == [0, 2, 4] and got[4] == 8
     assert isinstance(got[3], FailedItem) and isinstance(got[3].error, SerializationError)
     assert "position 3" in str(got[3].error)
+    first, second = pipe.stats()
+    assert (first.items_out, first.failed, second.items_in) == (4, 1, 4)
 
 
 def test_a_source_item_that_cannot_be_pickled_fails_alone() -> None:
@@ -252,6 +282,36 @@ def test_a_source_item_that_cannot_be_pickled_fails_alone() -> None:
 def test_a_flat_map_that_returns_no_iterable_fails_the_item() -> None:
     with pytest.raises(TypeError, match="iterable"):
         list(Pipeline([1, 2]).flat_map(not_iterable))
+
+
+class SourceBroke(BaseException):
+    pass
+
+
+def test_a_base_exception_from_the_source_comes_after_the_items_before_it() -> None:
+    def source() -> Any:
+        yield from range(3)
+        raise SourceBroke
+
+    got = []
+    with pytest.raises(SourceBroke):
+        for item in Pipeline(source()).map(double):
+            got.append(item)
+    assert got == [0, 2, 4]
+
+
+def test_a_generator_source_is_closed_when_the_pipeline_stops_early() -> None:
+    closed = threading.Event()
+
+    def source() -> Any:
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    for _ in Pipeline(source()).map(double):
+        break
+    assert closed.wait(60)
 
 
 def test_an_error_in_the_source_comes_after_the_items_before_it() -> None:
@@ -301,8 +361,42 @@ def test_an_endless_source_is_read_only_as_fast_as_results_are_taken() -> None:
         most_ahead = max(most_ahead, reads[0] - taken)
         if taken == 3000:
             break
-    # Held in the stages, plus the one chunk in the caller's hands.
-    assert most_ahead <= 2 * buffer, most_ahead
+    # What the loop has not taken yet, the chunk in its hands included.
+    assert most_ahead <= buffer, most_ahead
+
+
+def test_an_iterator_dropped_before_its_first_item_started_nothing() -> None:
+    reads = [0]
+    pipe = Pipeline(counting(None, reads)).map(double)
+    assert list(zip([], pipe)) == []  # noqa: B905  # zip asks iter() but never next()
+    assert reads == [0]
+    assert not stray_processes()
+    assert not [t for t in threading.enumerate() if t.name.startswith("pool-")]
+
+
+def test_closing_from_a_stage_thread_hands_the_stop_to_a_thread_of_its_own() -> None:
+    # The garbage collector may finalize a dropped pipeline in any thread,
+    # a stage's supervisor thread among them; joining there would hang.
+    pipe = Pipeline(itertools.count()).map(double, workers=2).map(double)
+    iterator = iter(pipe)
+    assert next(iterator) == 0
+    run = pipe._run
+    assert run is not None
+    closed = threading.Event()
+
+    def close_here(_: object) -> None:
+        run.close()
+        closed.set()
+
+    run._pools[1].submit(os.getpid).add_done_callback(close_here)
+    assert closed.wait(60)
+    for thread in threading.enumerate():
+        if thread.name == "pool-pipeline-closer":
+            thread.join(60)
+    for stage_pool in run._pools:
+        stage_pool._supervisor.join(60)
+        assert not stage_pool._supervisor.alive
+    assert not wait_gone(stray_processes(), timeout=30)
 
 
 # --- bad input ------------------------------------------------------------------
