@@ -1,6 +1,12 @@
 """pool: a process pool that never hangs, never loses a task, and says what went wrong.
 
 The public API is re-exported here; every other module is private.
+
+Everything is imported eagerly, on purpose. Workers import ``pool._worker``
+and thus this package; the forkserver does it once for all of them, but
+each worker still runs the caller's main module again (multiprocessing's
+forkserver never preloads ``__main__``), and that module imports `Pool`.
+Lazy imports here measured 47 ms per fresh worker instead of 13 ms.
 """
 
 from ._errors import InitializerFailed as InitializerFailed

@@ -157,6 +157,10 @@ class Run:
             self._stop_pools(abort=True)
             raise
         self._run_chunk = [pool._functions.lookup(_stage.run_chunk) for pool in self._pools]
+        for pool in self._pools:
+            # Every stage's workers start now, together: started at a stage's
+            # first chunk, the starts would add up along the chain.
+            pool._supervisor.start()
         # Daemon: a source blocked forever must not keep the interpreter alive.
         self._feeder = threading.Thread(target=self._feed, name="pool-pipeline-feeder", daemon=True)
         self._feeder.start()

@@ -9,6 +9,7 @@ iteration ends, however it ends: exhausted, ``break``, an error, Ctrl-C.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -211,9 +212,12 @@ class Pipeline(Generic[T]):
         if self._started:
             raise RuntimeError("this pipeline already ran; build a new one to run again")
         self._started = True
-        return self._iterate(iter(self._source))  # a TypeError for a non-iterable, here
+        # The items of each chunk are yielded by chain, in C: a generator
+        # yielding item by item would cost the caller's thread more than all
+        # the rest of its work for tiny items.
+        return itertools.chain.from_iterable(self._chunks(iter(self._source)))  # TypeError here
 
-    def _iterate(self, source: Iterator[Any]) -> Iterator[Any]:
+    def _chunks(self, source: Iterator[Any]) -> Iterator[list[Any]]:
         # Started at the first next(), inside the generator: an iterator
         # dropped before it (``zip([], pipe)``) has started nothing.
         run = self._run = Run(
@@ -228,10 +232,10 @@ class Pipeline(Generic[T]):
         try:
             for positions, items, failures in run.results():
                 if not failures:
-                    yield from items
+                    yield items
                     continue
                 records = [failure_record(record) for record in failures]
-                yield from _merge(positions, items, records)
+                yield list(_merge(positions, items, records))
         finally:
             run.close()
 

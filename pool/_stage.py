@@ -14,6 +14,7 @@ and the item itself, so the pipeline can raise it, skip it or hand it over.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from array import array
@@ -45,18 +46,10 @@ def install(kind: str, fn: Callable[..., Any]) -> None:
 
 
 def positions_of(values: Sequence[int]) -> Sequence[int]:
-    """Positions in their most compact picklable form: a range when consecutive."""
+    """Positions in a compact picklable form: a range stays one, a list becomes an array."""
     if isinstance(values, (range, array)):
         return values
-    count = len(values)
-    if count and values[-1] - values[0] == count - 1 and _consecutive(values):
-        return range(values[0], values[0] + count)
     return array("q", values)
-
-
-def _consecutive(values: Sequence[int]) -> bool:
-    first = values[0]
-    return all(v == first + i for i, v in enumerate(values))
 
 
 def pack(positions: Sequence[int], items: list[Any]) -> bytes:
@@ -80,42 +73,70 @@ def run_chunk(data: bytes) -> tuple[bytes, list[Failure], float, int, int, int]:
         raise RuntimeError("no pipeline stage is installed in this worker")
     positions, items = unpack(data)
     start = time.perf_counter()
-    outputs: list[Any] = []
     failures: list[Failure] = []
-    done = 0
+    if kind == FLAT_MAP:
+        outputs, out_positions = _flat_map(fn, positions, items, failures)
+        return _finish(out_positions, outputs, failures, start, len(items))
+    values, ok = _call_each(fn, positions, items, failures)
+    if ok is not None:  # some items failed: keep the others, in order
+        positions = [positions[i] for i in ok]
+        items = [items[i] for i in ok]
     if kind == MAP:
-        # The common case: every item maps and the positions pass through
-        # unchanged. On the first raise, go on item by item after it.
-        append = outputs.append
+        return _finish(positions, values, failures, start, len(items) + len(failures))
+    if kind == FILTER:
+        if all(values):
+            return _finish(positions, items, failures, start, len(items) + len(failures))
+        kept = list(itertools.compress(items, values))
+        kept_positions = list(itertools.compress(positions, values))
+        return _finish(kept_positions, kept, failures, start, len(values) + len(failures))
+    return _finish((), [], failures, start, len(items) + len(failures))  # EACH
+
+
+def _call_each(
+    fn: Callable[[Any], Any], positions: Sequence[int], items: list[Any], failures: list[Failure]
+) -> tuple[list[Any], list[int] | None]:
+    """``fn`` of every item, at the speed of the builtin ``map``.
+
+    An item that raises is recorded in ``failures`` and skipped; the items
+    after it still run, once each. Returns the values and, when some item
+    failed, the indices of the items the values belong to.
+    """
+    values: list[Any] = []
+    failed: list[int] = []
+    begin = 0
+    while begin < len(items):
+        before = len(values)
         try:
-            for item in items:
-                append(fn(item))
+            # extend() keeps what map() produced before a raise.
+            values.extend(map(fn, itertools.islice(items, begin, None)))
         except BaseException as exc:  # noqa: BLE001  # SystemExit too: the item fails, not the worker
-            done = len(outputs)
-            error = dumps_exception(_user_frames(exc))
-            failures.append((positions[done], _dumps_or_none(items[done]), error))
-            done += 1
+            index = begin + len(values) - before
+            item = items[index]
+            failures.append((positions[index], _dumps_or_none(item), dumps_exception(_user_frames(exc))))
+            failed.append(index)
+            begin = index + 1
         else:
-            return _finish(positions, outputs, [], start, len(items))
-    out_positions = list(positions[: len(outputs)])
-    for position, item in zip(positions[done:], items[done:]):  # noqa: B905  # packed together
+            break
+    if not failed:
+        return values, None
+    skipped = set(failed)
+    return values, [i for i in range(len(items)) if i not in skipped]
+
+
+def _flat_map(
+    fn: Callable[[Any], Any], positions: Sequence[int], items: list[Any], failures: list[Failure]
+) -> tuple[list[Any], list[int]]:
+    outputs: list[Any] = []
+    out_positions: list[int] = []
+    for position, item in zip(positions, items):  # noqa: B905  # packed together
         try:
-            if kind == MAP:
-                outputs.append(fn(item))
-                out_positions.append(position)
-            elif kind == FILTER:
-                if fn(item):
-                    outputs.append(item)
-                    out_positions.append(position)
-            elif kind == FLAT_MAP:
-                produced = list(_iterate(fn(item)))  # all or nothing, if it raises midway
-                outputs.extend(produced)
-                out_positions.extend([position] * len(produced))
-            else:
-                fn(item)
+            produced = list(_iterate(fn(item)))  # all or nothing, if it raises midway
         except BaseException as exc:  # noqa: BLE001  # SystemExit too: the item fails, not the worker
             failures.append((position, _dumps_or_none(item), dumps_exception(_user_frames(exc))))
-    return _finish(out_positions, outputs, failures, start, len(items))
+        else:
+            outputs.extend(produced)
+            out_positions.extend([position] * len(produced))
+    return outputs, out_positions
 
 
 def _finish(

@@ -210,6 +210,10 @@ class Supervisor:
     def worker_pids(self) -> list[int]:
         return [w.pid for w in list(self._workers) if w.pid is not None]
 
+    def start(self) -> None:
+        """Start the workers now rather than at the first submit."""
+        self._start_thread()
+
     def _start_thread(self) -> None:
         with self._start_lock:
             if not self._started:
