@@ -3,6 +3,12 @@
 These run in the supervisor thread. Unpickling a result or rebuilding an
 exception runs the user's code (``__reduce__``, ``__setstate__``); whatever
 that code does fails the one task, never the thread that serves them all.
+
+Each function that ends a future with a result or an error counts it in the
+pool's `Tally`, there and only there, so a task is counted once, as its
+future ends: just before, so a done callback that asks for `Pool.stats`
+finds its own task counted. Cancels are counted by the supervisor instead
+(see `pool._supervisor`), since callers' threads cancel too.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from typing import Any
 
 from ._errors import SerializationError
 from ._serialize import add_note, loads, loads_exception
+from ._stats import Tally
 from ._workers import Task
 
 
-def deliver_result(task: Task, payload: bytes) -> None:
+def deliver_result(task: Task, payload: bytes, tally: Tally) -> None:
     """Unpickle a worker's result into the task's future."""
     if task.future.done():
         return  # stopped by the caller meanwhile; the result is dropped
@@ -26,12 +33,14 @@ def deliver_result(task: Task, payload: bytes) -> None:
             f"cannot unpickle the result of {task.name}: {type(exc).__name__}: {_describe(exc)}"
         )
         error.__cause__ = exc
+        tally.fail(error)
         task.future.set_exception(error)
     else:
+        tally.done += 1
         task.future.set_result(value)
 
 
-def deliver_error(task: Task, payload: bytes, pid: int | None) -> None:
+def deliver_error(task: Task, payload: bytes, pid: int | None, tally: Tally) -> None:
     """Rebuild the exception a task raised in worker ``pid`` into its future."""
     if task.future.done():
         return
@@ -42,6 +51,7 @@ def deliver_error(task: Task, payload: bytes, pid: int | None) -> None:
         add_note(exc, f"raised in worker pid {pid} while running {task.name}")
     except BaseException:  # noqa: BLE001  # odd __notes__: the exception goes without the note
         pass
+    tally.fail(exc)
     task.future.set_exception(exc)
 
 
@@ -50,12 +60,13 @@ def cancel(task: Task) -> bool:
     return task.future.cancel() or task.future._cancel_running()
 
 
-def fail(task: Task, error: BaseException) -> None:
-    """Fail the task's future with ``error``, unless it already ended."""
-    if not task.future.done():
-        if not task.future._start():
-            return
-        task.future.set_exception(error)
+def fail(task: Task, error: BaseException, tally: Tally) -> bool:
+    """Fail the task's future with ``error``, unless it already ended; True if it did."""
+    if task.future.done() or not task.future._start():
+        return False
+    tally.fail(error)
+    task.future.set_exception(error)
+    return True
 
 
 def copy_error(error: BaseException) -> BaseException:

@@ -7,7 +7,8 @@
     Pool.submit
       pickles fn and args
       Task ──(lock)──► pending
-    Pool.cancel ─(lock)──► requests
+    Pool.cancel, Pool.stats
+      ─(lock)──► requests: run in this thread, answered
       1 byte ──► wake pipe ──► select([wake, conn 1..n, sentinel 1..n],
                                       timeout = nearest deadline)
                                dispatch ── RUN_TASKS ──► conn i ──► recv, run in order
@@ -25,9 +26,17 @@
 Who touches what: only this thread reads and writes the parent's end of a
 worker's Pipe and starts, kills and joins workers; only worker i uses the
 other end (its threads share it under a lock). Caller threads only append to
-``pending`` or ``requests`` (under ``_lock``) and write one byte to the wake
-pipe. No queue is shared with a worker, so no lock can be left held by a
-worker that dies.
+``pending`` or ``requests`` (under ``_lock``), take never-started tasks out of
+``pending`` to cancel them (``shutdown``, ``clear``; under ``_lock``), and
+write one byte to the wake pipe. Whatever else a caller wants of the
+workers' state (stop a running task, a census for `Pool.stats`) is a
+request this thread runs between two events (`Supervisor._ask`). No queue
+is shared with a worker, so no lock can be left held by a worker that dies.
+
+Counting (`Pool.stats`): each task is counted once, as its future ends.
+Results and errors are counted where this thread sets them
+(`pool._outcomes`). Cancels are counted under ``_lock``, as cancelled tasks
+are taken out of ``pending`` or found in it; see `Supervisor._dispatch`.
 
 Futures' done callbacks run in this thread, as in ProcessPoolExecutor: a
 callback that blocks delays every other task of the pool.
@@ -47,7 +56,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _protocol as proto
 from . import _worker
@@ -63,9 +72,12 @@ from ._memory import OomWatch, tree_rss
 from ._outcomes import cancel, copy_error, deliver_error, deliver_result, fail, log_record
 from ._processes import block_async_signals, children_of, kill_all, kill_tree, signals_unblocked
 from ._serialize import loads, loads_exception
+from ._stats import PoolStats, Tally, WorkerStats, with_usage
 from ._workers import Task, WorkerHandle
 
 logger = logging.getLogger("pool")
+
+T = TypeVar("T")
 
 # After this many workers in a row die before they are ready (a failing
 # initializer, an import error), the pool stops respawning and fails pending
@@ -120,8 +132,9 @@ class Supervisor:
         self._closing = False
         self._aborting = False
         self._broken: BaseException | None = None
-        # Requests to stop one task, answered by this thread (see stop_task).
-        self._requests: deque[tuple[Future[Any], concurrent.futures.Future[bool]]] = deque()
+        self._tally = Tally()
+        # Questions from callers' threads, answered by this thread (see _ask).
+        self._requests: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._requests_closed = False
 
         self._wake_r, self._wake_w = os.pipe()
@@ -153,19 +166,13 @@ class Supervisor:
             if self._broken is not None:
                 raise copy_error(self._broken)
             self._pending.append(task)
+            self._tally.submitted += 1
             self._wake()
 
     def shutdown(self, cancel_futures: bool) -> None:
         with self._lock:
             self._closing = True
-            cancelled = []
-            if cancel_futures:
-                # A task put back after its worker died is already running
-                # for its caller: it stays, to end in a result or an error.
-                cancelled = [t for t in self._pending if not t.future.running()]
-                kept = [t for t in self._pending if t.future.running()]
-                self._pending.clear()
-                self._pending.extend(kept)
+            cancelled = self._take_waiting() if cancel_futures else []
             self._wake()
         # Outside the lock: cancelling runs done callbacks, which may submit.
         for task in cancelled:
@@ -180,24 +187,89 @@ class Supervisor:
             self._aborting = True
             doomed = list(self._pending)
             self._pending.clear()
+            # Counted as taken, as in _take_waiting: each ends cancelled below.
+            self._tally.cancelled += len(doomed)
             self._wake()
         for task in doomed:
             cancel(task)
         if not self._started:
             self._close_wake_pipe()
 
+    def clear(self) -> int:
+        """Cancel every task that waits and never started; return how many this cancelled."""
+        with self._lock:
+            taken = self._take_waiting()
+            # Those a caller cancelled already were not cancelled by us.
+            fresh = sum(1 for task in taken if not task.future.done())
+        for task in taken:  # outside the lock, as in shutdown
+            task.future.cancel()
+        return fresh
+
+    def pending(self) -> list[Future[Any]]:
+        """The futures of the tasks that wait and never started, oldest first."""
+        with self._lock:
+            # Under the lock no task starts (see _dispatch); a caller may still
+            # cancel one at any time.
+            return [task.future for task in self._pending if _waiting(task)]
+
+    def _take_waiting(self) -> list[Task]:
+        """Take the tasks that never started out of the queue, to be cancelled (``_lock`` held).
+
+        A task put back after its worker died is already running for its
+        caller: it stays, to end in a result or an error. Those a caller
+        cancelled meanwhile go too. All are counted cancelled now, with
+        their leaving the queue, so a census sees each task either queued or
+        cancelled: once out of the queue none can start, so each ends
+        cancelled when the caller cancels it, after releasing the lock.
+        """
+        taken = [t for t in self._pending if not t.future.running()]
+        if taken:
+            kept = [t for t in self._pending if t.future.running()]
+            self._pending.clear()
+            self._pending.extend(kept)
+            self._tally.cancelled += len(taken)
+        return taken
+
     def stop_task(self, future: Future[Any]) -> bool:
         """Stop the task behind ``future`` wherever it is; True if it ended cancelled.
 
         A running task's worker is killed with its children and replaced.
         """
-        reply: concurrent.futures.Future[bool] = concurrent.futures.Future()
-        with self._lock:
-            if self._requests_closed or not self._started:
-                return future.cancelled()
-            self._requests.append((future, reply))
-            self._wake()
-        return reply.result()
+        return self._ask(lambda: self._stop(future), future.cancelled)
+
+    def stats(self) -> PoolStats:
+        """The counts and the workers now; see `PoolStats`."""
+        # A census in this thread, then /proc is read in the caller's.
+        return with_usage(self._ask(self._census, self._census))
+
+    def _ask(self, question: Callable[[], T], otherwise: Callable[[], T]) -> T:
+        """Run ``question`` in the supervisor thread, between two events, and return its answer.
+
+        That thread owns the workers and changes their state without a
+        lock, so a caller's thread that needs that state asks it. When the
+        thread does not run (not started yet, or finished), nothing changes
+        that state, and ``otherwise`` answers in the caller's thread. Asked
+        from that thread itself (a done callback), ``question`` runs at once:
+        waiting for the answer would wait forever.
+        """
+        if threading.current_thread() is self._thread:
+            return question()
+        while True:
+            reply: concurrent.futures.Future[T] = concurrent.futures.Future()
+            with self._lock:
+                # Alive too: in a child forked from this process the thread is gone.
+                served = self._started and not self._requests_closed and self._thread.is_alive()
+                if served:
+                    self._requests.append((question, reply))
+                    self._wake()
+            if served:
+                return reply.result()  # closing, it still answers all (see the end of _main)
+            if self._started:
+                return otherwise()  # finished
+            with self._start_lock:  # held, the thread cannot start
+                if not self._started:
+                    return otherwise()
+            # It started meanwhile: ask it.
 
     def join(self, timeout: float | None = None) -> None:
         if self._started:
@@ -257,12 +329,16 @@ class Supervisor:
                 self._kill(worker)
             raise
         finally:
-            with self._lock:
-                self._requests_closed = True
-            self._serve_requests()
-            self._reap_all()
-            self._selector.close()
-            self._close_wake_pipe()
+            try:
+                self._reap_all()
+            finally:
+                # Only now: once requests are closed, callers read the state
+                # from their own threads (_ask), so it must not change any more.
+                with self._lock:
+                    self._requests_closed = True
+                self._serve_requests()
+                self._selector.close()
+                self._close_wake_pipe()
 
     def _wait_and_handle(self) -> None:
         now = self._clock()
@@ -294,9 +370,9 @@ class Supervisor:
 
     def _serve_requests(self) -> None:
         while self._requests:
-            future, reply = self._requests.popleft()
+            question, reply = self._requests.popleft()
             try:
-                reply.set_result(self._stop(future))
+                reply.set_result(question())
             except BaseException as exc:  # noqa: BLE001  # the caller gets it instead of a hang
                 reply.set_exception(exc)
 
@@ -308,7 +384,7 @@ class Supervisor:
             if queued is not None:
                 self._pending.remove(queued)
         if queued is not None:
-            return cancel(queued)
+            return self._cancel_taken(queued)
         for worker in self._workers:
             for index, task in enumerate(worker.outstanding):
                 if task.future is not future:
@@ -316,8 +392,53 @@ class Supervisor:
                 if index == 0 and not worker.doomed:
                     self._end_running(worker)
                 # Queued behind in its pipe, it will still run; its result is dropped.
-                return cancel(task)
+                return self._cancel_taken(task)
         return False
+
+    def _cancel_taken(self, task: Task) -> bool:
+        """Cancel a task not ended yet that this thread took out of the queue or a worker.
+
+        It surely ends cancelled (out of the queue it cannot start, and only
+        this thread ends a task a worker holds), so it is counted first, as
+        `pool._outcomes` counts: its done callbacks find it counted.
+        """
+        with self._lock:
+            self._tally.cancelled += 1
+        return cancel(task)
+
+    def _census(self) -> PoolStats:
+        """The counts and the workers now, without reading /proc (see `pool._stats`).
+
+        Run by this thread between two events (or by a caller once it is
+        gone), so no task is in between two places. Callers may still
+        cancel queued tasks meanwhile: those still queued are counted here.
+        """
+        with self._lock:
+            queue = list(self._pending)
+            submitted = self._tally.submitted
+            cancelled = self._tally.cancelled
+        queued = 0
+        for task in queue:
+            if not task.future.done():
+                queued += 1
+            else:
+                cancelled += 1  # by its caller; dropped (and counted) in _dispatch
+        workers = tuple(self._workers)
+        return PoolStats(
+            submitted=submitted,
+            queued=queued,
+            running=sum(1 for w in workers for t in w.outstanding if not t.future.done()),
+            done=self._tally.done,
+            failed=dict(self._tally.failed),
+            cancelled=cancelled,
+            retried=self._tally.retried,
+            restarts=max(0, self.spawned - self._max_workers),
+            workers=tuple(
+                WorkerStats(w.pid, w.state(), w.running(), w.tasks_done, None, None)
+                for w in workers
+                if w.pid is not None
+            ),
+        )
 
     # --- dispatch -----------------------------------------------------------
 
@@ -328,8 +449,16 @@ class Supervisor:
         with self._lock:
             while self._pending:
                 task = self._pending[0]
+                # A caller's future.cancel() of a queued task runs in the
+                # caller's thread, in concurrent.futures, and tells us
+                # nothing. It is counted here, where the task leaves the
+                # queue, and a census counts those still queued: exact at
+                # every census, and free for the tasks nobody cancels. A
+                # done callback on every future would cost each task's
+                # round trip a callback and a lock, to count rare cancels.
                 if task.future.cancelled():
                     self._pending.popleft()
+                    self._tally.cancelled += 1
                     continue
                 # In order: a task too big for any busy worker's pipe waits
                 # for an idle worker, and the tasks behind it wait with it.
@@ -338,6 +467,7 @@ class Supervisor:
                     break
                 self._pending.popleft()
                 if not task.future._start():
+                    self._tally.cancelled += 1
                     continue  # cancelled just now
                 batches.setdefault(worker, []).append(task)
         now = self._clock()
@@ -408,10 +538,11 @@ class Supervisor:
                 worker.speed = elapsed if worker.speed is None else 0.8 * worker.speed + 0.2 * elapsed
             if worker.outstanding:
                 worker.outstanding[0].started = now
+            worker.tasks_done += 1
             if tag == proto.TASK_DONE:
-                deliver_result(task, message[2])
+                deliver_result(task, message[2], self._tally)
             else:
-                deliver_error(task, message[2], worker.pid)
+                deliver_error(task, message[2], worker.pid, self._tally)
             if self._max_memory is not None and now - worker.memory_checked >= MEMORY_CHECK_INTERVAL:
                 self._check_memory(worker, now)
         elif tag == proto.LOG_RECORD:
@@ -485,7 +616,8 @@ class Supervisor:
         self._forget(worker)
         if self._aborting:
             for task in worker.outstanding:
-                cancel(task)
+                if not task.future.done():  # done: stopped by its caller, counted then
+                    self._cancel_taken(task)
             worker.outstanding.clear()
         elif not worker.ready:
             self._on_start_failure(worker, exitcode)
@@ -496,6 +628,8 @@ class Supervisor:
                 # Queued behind the running task, never started: run them
                 # elsewhere, ahead of newer work, their attempt not counted.
                 for task in reversed(worker.outstanding):
+                    if task.future.done():
+                        continue  # stopped by its caller meanwhile: nothing to run
                     task.started = None
                     task.attempts -= 1
                     self._pending.appendleft(task)
@@ -506,16 +640,17 @@ class Supervisor:
             self._fail_pending(self._broken)
 
     def _on_task_lost(self, task: Task, worker: WorkerHandle, exitcode: int | None) -> None:
+        if task.future.done():
+            return  # stopped by its caller while it waited in the pipe: settled and counted
         if task.attempts <= task.retries:
             task.started = None
+            self._tally.retried += 1
             with self._lock:
                 self._pending.appendleft(task)
             return
-        if not task.future.done():
-            hint = self._oom_hint(worker, exitcode)
-            task.future.set_exception(
-                WorkerLost(worker.pid, exitcode, task.name, attempts=task.attempts, hint=hint)
-            )
+        hint = self._oom_hint(worker, exitcode)
+        error = WorkerLost(worker.pid, exitcode, task.name, attempts=task.attempts, hint=hint)
+        fail(task, error, self._tally)
 
     def _oom_hint(self, worker: WorkerHandle, exitcode: int | None) -> str | None:
         if exitcode != -signal.SIGKILL:
@@ -562,8 +697,14 @@ class Supervisor:
         with self._lock:
             doomed = list(self._pending)
             self._pending.clear()
-        for task in doomed:
-            fail(task, error)
+        self._fail_taken(doomed, error)
+
+    def _fail_taken(self, queued: list[Task], error: BaseException) -> None:
+        """Fail tasks taken out of the queue; those their callers cancelled are counted now."""
+        cancelled = sum(1 for task in queued if not fail(task, error, self._tally))
+        if cancelled:
+            with self._lock:
+                self._tally.cancelled += cancelled
 
     # --- deadlines ------------------------------------------------------------
 
@@ -589,7 +730,7 @@ class Supervisor:
             self._drain(worker, running=task)
             if self._runs(worker, task):
                 self._end_running(worker)
-                fail(task, TaskTimeout(task.name, task.timeout, worker.pid))
+                fail(task, TaskTimeout(task.name, task.timeout, worker.pid), self._tally)
         if self._stop_deadline is not None and now >= self._stop_deadline:
             self._escalate()
         if self._spawn_deadline is not None and now >= self._spawn_deadline:
@@ -692,13 +833,15 @@ class Supervisor:
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
             self._broken = error
-            tasks = list(self._pending)
+            queued = list(self._pending)
             self._pending.clear()
+        sent: list[Task] = []
         for worker in self._workers:
-            tasks.extend(worker.outstanding)
+            sent.extend(worker.outstanding)
             worker.outstanding.clear()
-        for task in tasks:
-            fail(task, error)
+        self._fail_taken(queued, error)
+        for task in sent:
+            fail(task, error, self._tally)  # one that ended already was counted then
 
     def _reap_all(self) -> None:
         for worker in list(self._workers):
@@ -714,6 +857,11 @@ class Supervisor:
             self._wake_closed = True
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+def _waiting(task: Task) -> bool:
+    """Queued and never started: not running (as one put back after its worker died), not ended."""
+    return not (task.future.running() or task.future.done())
 
 
 def _kill_tree_of(worker: WorkerHandle) -> None:

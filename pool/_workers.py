@@ -3,7 +3,8 @@
 A `Task` is one call (or one chunk of a map), already pickled in the
 caller's thread. A `WorkerHandle` is the supervisor's view of one worker: its
 process and Pipe, the tasks sent to it and not answered yet (oldest first;
-the oldest is the one running, see `pool._protocol`), and what it has cached.
+the oldest is the one running, see `pool._protocol`), what it has cached,
+and what `Pool.stats` shows of it (`WorkerHandle.state`, ``tasks_done``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class WorkerHandle:
         "sent",
         "speed",
         "stopping",
+        "tasks_done",
         "unreachable",
     )
 
@@ -84,6 +86,7 @@ class WorkerHandle:
         self.outstanding: deque[Task] = deque()
         self.cached: proto.LruKeys[int] = proto.LruKeys()
         self.sent = 0
+        self.tasks_done = 0  # tasks it answered, with a result or an exception
         self.speed: float | None = None  # smoothed task duration, seconds
         self.init_error: BaseException | None = None
         self.rss: int | None = None  # bytes, last measured (with max_memory_per_child)
@@ -93,6 +96,20 @@ class WorkerHandle:
 
     def usable(self) -> bool:
         return self.ready and not (self.stopping or self.doomed or self.unreachable)
+
+    def state(self) -> str:
+        """As `Pool.stats` names it: starting, idle, busy or stopping."""
+        if self.stopping or self.doomed or self.unreachable:
+            return "stopping"
+        if not self.ready:
+            return "starting"
+        return "busy" if self.outstanding else "idle"
+
+    def running(self) -> str | None:
+        """The name of the task it runs now, if any."""
+        if self.doomed or not self.outstanding:
+            return None  # doomed: we killed it mid-task; what is left never started
+        return self.outstanding[0].name
 
     def accepts(self, task: Task, batch: list[Task]) -> bool:
         """May ``task`` join ``batch``, the tasks about to be sent to this worker?"""
