@@ -9,6 +9,8 @@ forkserver never preloads ``__main__``), and that module imports `Pool`.
 Lazy imports here measured 47 ms per fresh worker instead of 13 ms.
 """
 
+from ._batch import BatchResult as BatchResult
+from ._batch import batch as batch
 from ._errors import InitializerFailed as InitializerFailed
 from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolError as PoolError
@@ -22,10 +24,13 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import StageStats as StageStats
 from ._pool import Pool as Pool
 from ._pool import PoolView as PoolView
+from ._stats import PoolStats as PoolStats
+from ._stats import WorkerStats as WorkerStats
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "BatchResult",
     "FailedItem",
     "Future",
     "InitializerFailed",
@@ -33,10 +38,13 @@ __all__ = (
     "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolStats",
     "PoolView",
     "RemoteError",
     "SerializationError",
     "StageStats",
     "TaskTimeout",
     "WorkerLost",
+    "WorkerStats",
+    "batch",
 )

@@ -112,6 +112,7 @@ class Run:
         ordered: bool,
         buffer: int,
         byte_limit: int | None,
+        chunksize: int | None = None,
         on_error: str,
         mp_context: Any,
     ) -> None:
@@ -130,6 +131,7 @@ class Run:
         self._held_items = 0
         self._held_bytes = 0
         self._ramp = 1  # see _chunk_size
+        self._fixed = chunksize
         self._held_chunks = 0
         self._stopping = False
         self._lock = threading.RLock()  # the chunk states; reentrant: a callback may run inline
@@ -294,6 +296,8 @@ class Run:
         chunks, and one that items rarely reach (behind a selective filter)
         does not hold every chunk at one item.
         """
+        if self._fixed is not None:
+            return min(self._fixed, self._buffer)
         size = float(self._cap)
         unmeasured = False
         for spec, counters in zip(self._specs, self.counters):  # noqa: B905

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from . import _stage
 from ._flow import Run, StageSpec, failure_record
 from ._pool import _check_callable, _check_count, _check_timeout
+from ._progress import progress_bar
 from ._serialize import describe_callable, dumps_function
 
 __all__ = ["FailedItem", "Pipeline", "StageStats"]
@@ -88,7 +89,10 @@ class Pipeline(Generic[T]):
     a failed item does: ``"raise"`` (stop every stage, raise the exception
     with the stage's name and the item's position in a note), ``"skip"``
     (drop it and count it) or ``"collect"`` (yield a `FailedItem` in its
-    place). ``mp_context`` is as for `Pool`.
+    place). ``mp_context`` is as for `Pool`. ``chunksize`` fixes how many
+    source items travel together (default: sized to about 20 ms of work of
+    the slowest stage). ``progress=True`` shows a progress bar (tqdm) of the
+    items coming out.
 
     Every stage method returns a new pipeline with that stage added::
 
@@ -106,6 +110,8 @@ class Pipeline(Generic[T]):
         buffer: int | None = None,
         on_error: str = "raise",
         mp_context: Any = None,
+        chunksize: int | None = None,
+        progress: bool = False,
     ) -> None:
         if not isinstance(source, Iterable):
             raise TypeError(f"a pipeline's source must be iterable, not {type(source).__qualname__}")
@@ -113,6 +119,10 @@ class Pipeline(Generic[T]):
             raise TypeError(f"ordered must be True or False, not {type(ordered).__qualname__}")
         if buffer is not None:
             buffer = _check_count("buffer", buffer, 1)
+        if chunksize is not None:
+            chunksize = _check_count("chunksize", chunksize, 1)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, not {type(progress).__qualname__}")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, got {on_error!r}")
         self._source = source
@@ -121,6 +131,8 @@ class Pipeline(Generic[T]):
         self._byte_limit = DEFAULT_BUFFER_BYTES if buffer is None else None
         self._on_error = on_error
         self._mp_context = mp_context
+        self._chunksize = chunksize
+        self._progress = progress
         self._stages: tuple[StageSpec, ...] = ()
         self._run: Run | None = None
         self._started = False
@@ -215,7 +227,10 @@ class Pipeline(Generic[T]):
         # The items of each chunk are yielded by chain, in C: a generator
         # yielding item by item would cost the caller's thread more than all
         # the rest of its work for tiny items.
-        return itertools.chain.from_iterable(self._chunks(iter(self._source)))  # TypeError here
+        items = itertools.chain.from_iterable(self._chunks(iter(self._source)))  # TypeError here
+        if self._progress:
+            return progress_bar(items, total=_length(self._source), unit="item")
+        return items
 
     def _chunks(self, source: Iterator[Any]) -> Iterator[list[Any]]:
         # Started at the first next(), inside the generator: an iterator
@@ -228,6 +243,7 @@ class Pipeline(Generic[T]):
             byte_limit=self._byte_limit,
             on_error=self._on_error,
             mp_context=self._mp_context,
+            chunksize=self._chunksize,
         )
         try:
             for positions, items, failures in run.results():
@@ -270,6 +286,13 @@ class Pipeline(Generic[T]):
     def __repr__(self) -> str:
         stages = " | ".join(f"{spec.kind}({spec.name}, workers={spec.workers})" for spec in self._stages)
         return f"<pool.Pipeline {stages or 'no stages'}>"
+
+
+def _length(source: object) -> int | None:
+    try:
+        return len(source)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _name_of(fn: Callable[..., Any]) -> str:

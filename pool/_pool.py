@@ -31,7 +31,9 @@ from ._futures import Future
 from ._mapping import WINDOW_PER_WORKER, ChunkedResults, Chunker, length_of, static_chunksize
 from ._memory import parse_size
 from ._processes import resolve_context
+from ._progress import progress_bar
 from ._serialize import describe_callable, dumps_arguments, dumps_function, dumps_items
+from ._stats import PoolStats
 from ._supervisor import Supervisor
 from ._workers import Task
 
@@ -98,6 +100,11 @@ def _check_count(name: str, value: object, minimum: int, maximum: int | None = N
     if maximum is not None and number > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return number
+
+
+def _check_progress(progress: object) -> None:
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, not {type(progress).__qualname__}")
 
 
 def _check_callable(fn: object, what: str = "fn") -> None:
@@ -174,6 +181,7 @@ class _TaskAPI:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[R]:
         """Like `Executor.map`, in input order, chunked automatically.
 
@@ -181,8 +189,10 @@ class _TaskAPI:
         ProcessPoolExecutor does; any other iterable is read lazily with a
         bounded number of chunks in flight. ``timeout`` bounds the whole
         iteration, from this call. An explicit ``chunksize`` wins.
+        ``progress=True`` shows a progress bar (tqdm) as results come.
         """
         _check_callable(fn)
+        _check_progress(progress)
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         timeout = _check_timeout("timeout", timeout, zero=True)
@@ -197,28 +207,45 @@ class _TaskAPI:
             chunker = Chunker(chunksize, None, workers)
             window = WINDOW_PER_WORKER * workers
         if len(iterables) == 1:
-            return self._chunked(fn, iter(iterables[0]), proto.MAP_CHUNK, chunker, window, True, timeout)
-        # zip stops at the shortest input, as the builtin map does.
-        items = zip(*iterables)  # noqa: B905
-        return self._chunked(fn, items, proto.STARMAP_CHUNK, chunker, window, True, timeout)
+            results = self._chunked(fn, iter(iterables[0]), proto.MAP_CHUNK, chunker, window, True, timeout)
+        else:
+            # zip stops at the shortest input, as the builtin map does.
+            items = zip(*iterables)  # noqa: B905
+            results = self._chunked(fn, items, proto.STARMAP_CHUNK, chunker, window, True, timeout)
+        return progress_bar(results, total) if progress else results
 
     def imap(
-        self, fn: Callable[..., R], iterable: Iterable[Any], *, chunksize: int | None = None
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[R]:
-        """Lazily map ``fn`` over ``iterable``; results in input order."""
-        return self._lazy(fn, iterable, proto.MAP_CHUNK, chunksize, ordered=True)
+        """Lazily map ``fn`` over ``iterable``; results in input order (``progress``: a bar)."""
+        return self._lazy(fn, iterable, proto.MAP_CHUNK, chunksize, True, progress)
 
     def imap_unordered(
-        self, fn: Callable[..., R], iterable: Iterable[Any], *, chunksize: int | None = None
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[R]:
         """Lazily map ``fn`` over ``iterable``; results as soon as they are ready."""
-        return self._lazy(fn, iterable, proto.MAP_CHUNK, chunksize, ordered=False)
+        return self._lazy(fn, iterable, proto.MAP_CHUNK, chunksize, False, progress)
 
     def starmap(
-        self, fn: Callable[..., R], iterable: Iterable[Iterable[Any]], *, chunksize: int | None = None
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        *,
+        chunksize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[R]:
         """Lazily call ``fn(*args)`` for each ``args`` in ``iterable``; in input order."""
-        return self._lazy(fn, iterable, proto.STARMAP_CHUNK, chunksize, ordered=True)
+        return self._lazy(fn, iterable, proto.STARMAP_CHUNK, chunksize, True, progress)
 
     def options(self, *, timeout: float | None = _INHERIT, retries: int = _INHERIT) -> PoolView:
         """A view of the pool whose calls use these per-task options.
@@ -237,15 +264,24 @@ class _TaskAPI:
         )
 
     def _lazy(
-        self, fn: Callable[..., Any], iterable: Iterable[Any], kind: int, chunksize: int | None, ordered: bool
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        kind: int,
+        chunksize: int | None,
+        ordered: bool,
+        progress: bool,
     ) -> Iterator[Any]:
         _check_callable(fn)
+        _check_progress(progress)
         if chunksize is not None:
             chunksize = _check_count("chunksize", chunksize, 1, sys.maxsize)
         items = iter(iterable)  # a TypeError for a non-iterable, here
         workers = self._pool._max_workers
-        chunker = Chunker(chunksize, length_of((iterable,)), workers)
-        return self._chunked(fn, items, kind, chunker, WINDOW_PER_WORKER * workers, ordered, None)
+        total = length_of((iterable,))
+        chunker = Chunker(chunksize, total, workers)
+        results = self._chunked(fn, items, kind, chunker, WINDOW_PER_WORKER * workers, ordered, None)
+        return progress_bar(results, total) if progress else results
 
     def _chunked(
         self,
@@ -386,6 +422,33 @@ class Pool(_TaskAPI, Executor):
         if future.done():
             return future.cancelled()
         return self._supervisor.stop_task(future)
+
+    def stats(self) -> PoolStats:
+        """What the pool has done so far and what each worker is doing now.
+
+        Counts of tasks (submitted, queued, running, done, failed by cause,
+        cancelled, retried), of workers started to replace others, and per
+        worker its pid, state, current task, tasks done, memory and CPU
+        time; see `PoolStats` and `WorkerStats`. After shutdown the counts
+        stay and ``workers`` is empty.
+        """
+        return self._supervisor.stats()
+
+    def pending(self) -> list[Future[Any]]:
+        """The futures of the tasks queued and not started yet, oldest first.
+
+        A task put back to run again after its worker died counts as
+        started: it is not listed (nor cancelled by `clear`).
+        """
+        return self._supervisor.pending()
+
+    def clear(self) -> int:
+        """Cancel every queued task that has not started; return how many were cancelled.
+
+        Running tasks are left alone. Waiters in ``wait`` and
+        ``as_completed`` hear of the cancels at once.
+        """
+        return self._supervisor.clear()
 
     def __exit__(
         self,

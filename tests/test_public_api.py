@@ -22,6 +22,7 @@ from pool import (
 )
 
 PUBLIC = (
+    "BatchResult",
     "FailedItem",
     "Future",
     "InitializerFailed",
@@ -29,12 +30,15 @@ PUBLIC = (
     "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolStats",
     "PoolView",
     "RemoteError",
     "SerializationError",
     "StageStats",
     "TaskTimeout",
     "WorkerLost",
+    "WorkerStats",
+    "batch",
 )
 
 
