@@ -130,6 +130,8 @@ class Run:
         self._room = threading.Condition()
         self._held_items = 0
         self._held_bytes = 0
+        self._in_hand = False  # the caller holds a chunk it took and has not finished
+        self._bytes_per_item: float | None = None  # pickled, as read from the source
         self._ramp = 1  # see _chunk_size
         self._fixed = chunksize
         self._held_chunks = 0
@@ -155,17 +157,17 @@ class Run:
                         initargs=(spec.kind, spec.fn),
                     )
                 )
-        except BaseException:
+            self._run_chunk = [pool._functions.lookup(_stage.run_chunk) for pool in self._pools]
+            for pool in self._pools:
+                # Every stage's workers start now, together: started at a stage's
+                # first chunk, the starts would add up along the chain.
+                pool._supervisor.start()
+            # Daemon: a source blocked forever must not keep the interpreter alive.
+            self._feeder = threading.Thread(target=self._feed, name="pool-pipeline-feeder", daemon=True)
+            self._feeder.start()
+        except BaseException:  # Ctrl-C included: nothing may be left running
             self._stop_pools(abort=True)
             raise
-        self._run_chunk = [pool._functions.lookup(_stage.run_chunk) for pool in self._pools]
-        for pool in self._pools:
-            # Every stage's workers start now, together: started at a stage's
-            # first chunk, the starts would add up along the chain.
-            pool._supervisor.start()
-        # Daemon: a source blocked forever must not keep the interpreter alive.
-        self._feeder = threading.Thread(target=self._feed, name="pool-pipeline-feeder", daemon=True)
-        self._feeder.start()
 
     # --- the caller's thread -------------------------------------------------
 
@@ -184,6 +186,9 @@ class Run:
             if kind == "chunk":
                 chunk, data = payload
                 previous = chunk
+                with self._room:
+                    self._in_hand = True
+                    self._room.notify()  # the room rule changed: see _full
                 if isinstance(data, list):  # no stage: the source's own objects
                     yield range(chunk.first, chunk.first + len(data)), data, chunk.failures
                     continue
@@ -201,6 +206,7 @@ class Run:
             self._held_items -= chunk.size
             self._held_bytes -= chunk.nbytes
             self._held_chunks -= 1
+            self._in_hand = False
             self._room.notify()
 
     def close(self) -> None:
@@ -254,6 +260,9 @@ class Run:
                     nbytes = len(data) if isinstance(data, bytes) else 0
                     with self._room:
                         self._held_bytes += nbytes
+                        per_item = nbytes / len(items)
+                        known = self._bytes_per_item
+                        self._bytes_per_item = per_item if known is None else (known + per_item) / 2
                     chunk = Chunk(chunk_id, position, len(items), nbytes=nbytes)
                     self._handle(self._on_fed, chunk, data, failures)
                     position += len(items)
@@ -268,11 +277,7 @@ class Run:
 
     def _reserve(self) -> int:
         with self._room:
-            while not self._stopping and (
-                self._held_chunks >= self._max_chunks
-                or self._held_items >= self._buffer
-                or (self._byte_limit is not None and self._held_bytes >= self._byte_limit)
-            ):
+            while not self._stopping and self._full():
                 self._room.wait()
             if self._stopping:
                 return 0
@@ -280,6 +285,21 @@ class Run:
             self._held_items += size
             self._held_chunks += 1
             return size
+
+    def _full(self) -> bool:
+        """No room for another chunk (``_room`` held).
+
+        The chunk the caller is consuming counts as held, except when it is
+        all that is held: then the pipeline reads on, or the caller would
+        wait for a chunk that waits for room it holds.
+        """
+        if self._in_hand and self._held_chunks == 1:
+            return False
+        return (
+            self._held_chunks >= self._max_chunks
+            or self._held_items >= self._buffer
+            or (self._byte_limit is not None and self._held_bytes >= self._byte_limit)
+        )
 
     def _release(self, items: int, chunks: int) -> None:
         if items or chunks:
@@ -311,6 +331,9 @@ class Run:
         if unmeasured:
             size = min(size, self._ramp)
             self._ramp *= 2
+        if self._byte_limit is not None and self._bytes_per_item:
+            # Large items: chunks small enough that several fit the byte limit.
+            size = min(size, self._byte_limit / self._max_chunks / self._bytes_per_item)
         return max(1, int(size))
 
     def _pack(self, first: int, items: list[Any]) -> tuple[bytes | None, list[tuple[int, BaseException]]]:

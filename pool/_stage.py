@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ._errors import SerializationError
-from ._serialize import dumps, dumps_exception, loads
+from ._serialize import describe_callable, dumps, dumps_exception, loads
 
 MAP = "map"
 FILTER = "filter"
@@ -77,13 +77,13 @@ def run_chunk(data: bytes) -> tuple[bytes, list[Failure], float, int, int, int]:
     if kind == FLAT_MAP:
         outputs, out_positions = _flat_map(fn, positions, items, failures)
         return _finish(out_positions, outputs, failures, start, len(items))
-    values, ok = _call_each(fn, positions, items, failures)
+    values, ok = _call_each(fn, positions, items, failures, truth=kind == FILTER)
     if ok is not None:  # some items failed: keep the others, in order
         positions = [positions[i] for i in ok]
         items = [items[i] for i in ok]
     if kind == MAP:
         return _finish(positions, values, failures, start, len(items) + len(failures))
-    if kind == FILTER:
+    if kind == FILTER:  # the values are the truth of fn(item), taken in _call_each
         if all(values):
             return _finish(positions, items, failures, start, len(items) + len(failures))
         kept = list(itertools.compress(items, values))
@@ -93,13 +93,17 @@ def run_chunk(data: bytes) -> tuple[bytes, list[Failure], float, int, int, int]:
 
 
 def _call_each(
-    fn: Callable[[Any], Any], positions: Sequence[int], items: list[Any], failures: list[Failure]
+    fn: Callable[[Any], Any],
+    positions: Sequence[int],
+    items: list[Any],
+    failures: list[Failure],
+    truth: bool = False,
 ) -> tuple[list[Any], list[int] | None]:
     """``fn`` of every item, at the speed of the builtin ``map``.
 
     An item that raises is recorded in ``failures`` and skipped; the items
-    after it still run, once each. Returns the values and, when some item
-    failed, the indices of the items the values belong to.
+    after it still run, once each. Returns the values (with ``truth``, their
+    truth) and, when some item failed, the indices of the items they belong to.
     """
     values: list[Any] = []
     failed: list[int] = []
@@ -107,16 +111,23 @@ def _call_each(
     while begin < len(items):
         before = len(values)
         try:
-            # extend() keeps what map() produced before a raise.
-            values.extend(map(fn, itertools.islice(items, begin, None)))
+            # extend() keeps what map() produced before a raise. A filter's
+            # truth is taken here too: bool() of a numpy array raises.
+            called = map(fn, itertools.islice(items, begin, None))
+            values.extend(map(bool, called) if truth else called)
         except BaseException as exc:  # noqa: BLE001  # SystemExit too: the item fails, not the worker
-            index = begin + len(values) - before
-            item = items[index]
-            failures.append((positions[index], _dumps_or_none(item), dumps_exception(_user_frames(exc))))
-            failed.append(index)
-            begin = index + 1
+            error: BaseException = exc
         else:
-            break
+            if begin + len(values) - before == len(items):
+                break
+            # map() ended early: fn raised StopIteration, which map takes for
+            # its own end. As in a generator (PEP 479), that is an error.
+            error = RuntimeError(f"{describe_callable(fn)} raised StopIteration")
+        index = begin + len(values) - before
+        item = items[index]
+        failures.append((positions[index], _dumps_or_none(item), dumps_exception(_user_frames(error))))
+        failed.append(index)
+        begin = index + 1
     if not failed:
         return values, None
     skipped = set(failed)

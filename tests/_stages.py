@@ -122,3 +122,25 @@ def crash_counting_at(target: int, directory: str, x: int) -> int:
             pass
         os._exit(3)
     return x
+
+
+def stop_at(target: int, x: int) -> int:
+    """Raise StopIteration on ``target``: the builtin map would take it for its end."""
+    if x == target:
+        raise StopIteration
+    return x
+
+
+class NoTruth:
+    """A value whose truth cannot be taken, as a numpy array's."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("the truth value of this object is ambiguous")
+
+
+def no_truth_at(target: int, x: int) -> Any:
+    return NoTruth() if x == target else x % 2 == 0
+
+
+def big(size: int, x: int) -> bytes:
+    return bytes(size)

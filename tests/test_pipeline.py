@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 from _stages import (
+    big,
     block_at,
     counting,
     crash_at,
@@ -29,7 +30,9 @@ from _stages import (
     greater_than,
     is_even,
     is_multiple_of_5,
+    no_truth_at,
     not_iterable,
+    stop_at,
     touch,
     unpicklable_at,
     upto,
@@ -91,6 +94,28 @@ def test_unordered_results_are_the_same_items(chain: str) -> None:
     stages = CHAINS[chain]
     got = list(build(iter(range(3000)), *stages, workers=2, ordered=False))
     assert sorted(got) == sorted(sequential(range(3000), *stages))
+
+
+@pytest.mark.parametrize("stages", [0, 1, 2])
+def test_a_buffer_of_one_item_still_flows(stages: int) -> None:
+    # The chunk the loop is consuming fills the buffer alone: the pipeline
+    # must read on rather than wait for the loop, which waits for it.
+    pipe: Pipeline[int] = Pipeline(range(30), buffer=1)
+    for _ in range(stages):
+        pipe = pipe.map(double)
+    assert list(pipe) == [x * 2**stages for x in range(30)]
+
+
+def test_items_larger_than_the_byte_limit_still_flow() -> None:
+    from pool import _pipeline
+
+    pipe = Pipeline(range(6)).map(functools.partial(big, 1000))
+    original = _pipeline.DEFAULT_BUFFER_BYTES
+    _pipeline.DEFAULT_BUFFER_BYTES = 100  # each source item's chunk alone is over it
+    try:
+        assert [len(b) for b in pipe] == [1000] * 6
+    finally:
+        _pipeline.DEFAULT_BUFFER_BYTES = original
 
 
 def test_a_small_buffer_gives_the_same_results() -> None:
@@ -193,6 +218,31 @@ def test_each_item_runs_once_when_another_in_its_chunk_raises(tmp_path: Path) ->
     assert isinstance(record.error, ValueError) and record.position == 2500
     assert len(os.listdir(tmp_path)) == 3000
     assert pipe.stats()[0].retried == 0
+
+
+@pytest.mark.parametrize("kind", ["map", "filter", "each"])
+def test_stop_iteration_from_a_function_fails_its_item_only(kind: str) -> None:
+    pipe = getattr(Pipeline(range(20), on_error="collect"), kind)(functools.partial(stop_at, 3))
+    got = list(pipe)
+    (record,) = [g for g in got if isinstance(g, FailedItem)]
+    assert record.position == 3 and isinstance(record.error, RuntimeError)
+    assert "StopIteration" in str(record.error)
+    (stats,) = pipe.stats()
+    assert (stats.items_in, stats.failed) == (20, 1)
+    kept = [g for g in got if not isinstance(g, FailedItem)]
+    expected = {
+        "map": [x for x in range(20) if x != 3],
+        "filter": [x for x in range(1, 20) if x != 3],
+        "each": [],
+    }
+    assert kept == expected[kind]
+
+
+def test_a_filter_result_whose_truth_raises_fails_its_item_only() -> None:
+    got = list(Pipeline(range(10), on_error="collect").filter(functools.partial(no_truth_at, 4)))
+    (record,) = [g for g in got if isinstance(g, FailedItem)]
+    assert record.position == 4 and "ambiguous" in str(record.error)
+    assert [g for g in got if not isinstance(g, FailedItem)] == [0, 2, 6, 8]
 
 
 def test_collect_keeps_order_with_several_failures_in_several_stages() -> None:
@@ -361,8 +411,9 @@ def test_an_endless_source_is_read_only_as_fast_as_results_are_taken() -> None:
         most_ahead = max(most_ahead, reads[0] - taken)
         if taken == 3000:
             break
-    # What the loop has not taken yet, the chunk in its hands included.
-    assert most_ahead <= buffer, most_ahead
+    # What the loop has not taken yet, the chunk in its hands included; one
+    # chunk more only when the one in its hands is all there is.
+    assert most_ahead <= 2 * buffer, most_ahead
 
 
 def test_an_iterator_dropped_before_its_first_item_started_nothing() -> None:
