@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import io
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from . import _inputs
-from ._errors import TaskTimeout, WorkerLost
+from ._errors import SerializationError, TaskTimeout, WorkerLost
 from ._inputs import InputError, Item, format_of, input_json, items_of, open_input, read_items, run_input
 from ._journal import RecordFiles, errors_path, record_line
 from ._pipeline import FailedItem, Pipeline
@@ -166,17 +165,22 @@ def execute(
         raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
     output = os.fspath(output)
     errors = os.fspath(errors) if errors is not None else errors_path(output)
-    if os.path.abspath(errors) == os.path.abspath(output):
+    if _same_file(errors, output):
         raise ValueError(f"the errors file must differ from the output file: {output}")
     workers = _check_count("workers", workers, 1) if workers is not None else os.cpu_count() or 1
     timeout = _check_timeout("timeout", timeout)
     retries = _check_count("retries", retries, 0)
     sync_every = float(sync_every)
+    if not sync_every > 0:
+        raise ValueError(f"sync_every must be > 0 seconds, got {sync_every!r}")
     if chunksize is not None:
         chunksize = _check_count("chunksize", chunksize, 1)
-    stream: IO[str] | None = None
+    stream: IO[bytes] | None = None
     if isinstance(inputs, (str, os.PathLike)):
         path = os.fspath(inputs)
+        for written in (output, errors, output + ".journal"):
+            if path != "-" and _same_file(path, written):
+                raise ValueError(f"the input {path} would be overwritten: it is also {written}")
         fmt = format_of(path, format)
         stream = open_input(path)  # an OSError here names the file
         items, header_row = read_items(stream, fmt)
@@ -207,11 +211,8 @@ def execute(
         finally:
             files.close()
     finally:
-        if stream is not None:
-            if isinstance(stream, io.TextIOWrapper) and path == "-":
-                stream.detach()  # leave standard input itself open
-            else:
-                stream.close()
+        if stream is not None and stream is not sys.stdin.buffer:
+            stream.close()
 
 
 def _run(
@@ -317,8 +318,15 @@ def _error_record(failed: FailedItem, fmt: str, header: list[str] | None) -> byt
         detail["traceback"] = None
     elif isinstance(error, InputError):
         detail["traceback"] = None
+    elif isinstance(error, SerializationError):
+        # The worker sends records as bytes: only an input can fail to pickle.
+        cause = error.__cause__
+        detail["message"] = "the input cannot be pickled to go to a worker" + (
+            f": {type(cause).__name__}: {_message(cause)}" if cause is not None else ""
+        )
+        detail["traceback"] = None
     else:
-        detail["traceback"] = "".join(traceback.format_exception(type(error), error, _user_frames(error)))
+        detail["traceback"] = _traceback(error)
     shown = input_json(fmt, header, item) if isinstance(item, tuple) else "null"
     return record_line(line, shown, "error", json.dumps(detail))
 
@@ -338,8 +346,19 @@ def _error_type(error: BaseException) -> str:
 def _message(error: BaseException) -> str:
     try:
         return str(error)
-    except Exception:  # noqa: BLE001  # a broken __str__ must not lose the record
-        return f"<{type(error).__name__}>"
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001  # a broken __str__ (even SystemExit) must not lose the record
+        return f"<str() of {type(error).__name__} failed>"
+
+
+def _traceback(error: BaseException) -> str | None:
+    try:
+        return "".join(traceback.format_exception(type(error), error, _user_frames(error)))
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001  # formatting runs the exception's own code
+        return None
 
 
 def _seconds(seconds: float) -> str:
@@ -353,6 +372,15 @@ def _seconds(seconds: float) -> str:
 def _name(fn: Callable[..., Any]) -> str:
     name = getattr(fn, "__name__", None)
     return name if isinstance(name, str) and name else describe_callable(fn)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
 
 
 def _identity(path: str) -> dict[str, Any]:

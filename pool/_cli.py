@@ -129,7 +129,9 @@ def load_function(spec: str) -> Callable[..., Any]:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001  # the module itself raised on import
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001  # the module itself raised (even SystemExit) on import
         raise UsageError(f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     for part in qualname.split("."):
         try:

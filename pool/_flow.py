@@ -52,6 +52,13 @@ CHUNKS_FOR_CALLER = 2
 CHUNK_TIMEOUT_FACTOR = 2
 
 
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """An item kept as the object itself: a source item that could not be pickled."""
+
+    value: Any
+
+
 @dataclass(frozen=True)
 class StageSpec:
     kind: str
@@ -83,7 +90,7 @@ class Chunk:
     stage: int = 0
     # Failures kept for the caller (on_error="collect"), as
     # (position, stage name, item bytes or None, exception or its bytes).
-    failures: list[tuple[int, str, bytes | None, BaseException | bytes]] = field(default_factory=list)
+    failures: list[tuple[int, str, bytes | Raw | None, BaseException | bytes]] = field(default_factory=list)
     parts: list[bytes | None] | None = None  # outputs of its items run one at a time
     parts_left: int = 0
 
@@ -154,7 +161,7 @@ class Run:
                         spec.workers,
                         mp_context,
                         initializer=_stage.install,
-                        initargs=(spec.kind, spec.fn),
+                        initargs=(spec.kind, spec.fn, spec.timeout, spec.name),
                     )
                 )
             self._run_chunk = [pool._functions.lookup(_stage.run_chunk) for pool in self._pools]
@@ -336,14 +343,16 @@ class Run:
             size = min(size, self._byte_limit / self._max_chunks / self._bytes_per_item)
         return max(1, int(size))
 
-    def _pack(self, first: int, items: list[Any]) -> tuple[bytes | None, list[tuple[int, BaseException]]]:
+    def _pack(
+        self, first: int, items: list[Any]
+    ) -> tuple[bytes | None, list[tuple[int, BaseException, Any]]]:
         try:
             return _stage.pack(range(first, first + len(items)), items), []
         except Exception:  # noqa: BLE001  # find the items that cannot be pickled; they fail alone
             pass
         positions: list[int] = []
         kept: list[Any] = []
-        failures: list[tuple[int, BaseException]] = []
+        failures: list[tuple[int, BaseException, Any]] = []
         for position, item in enumerate(items, first):
             try:
                 dumps(item)
@@ -353,7 +362,7 @@ class Run:
                     f"of type {type(item).__qualname__}: {type(exc).__name__}: {exc}"
                 )
                 error.__cause__ = exc
-                failures.append((position, error))
+                failures.append((position, error, item))
             else:
                 positions.append(position)
                 kept.append(item)
@@ -376,15 +385,17 @@ class Run:
         self._source_error = error
         self._check_end()
 
-    def _on_fed(self, chunk: Chunk, data: bytes | None, failures: list[tuple[int, BaseException]]) -> None:
+    def _on_fed(
+        self, chunk: Chunk, data: bytes | None, failures: list[tuple[int, BaseException, Any]]
+    ) -> None:
         self._live += 1
-        for position, error in failures:
+        for position, error, item in failures:
             if self._specs:
                 self.counters[0].items_in += 1
                 self.counters[0].failed += 1
-                self._on_failure(chunk, 0, position, None, error, None)
+                self._on_failure(chunk, 0, position, Raw(item), error, None)
             else:
-                self._on_failure(chunk, -1, position, None, error, None)
+                self._on_failure(chunk, -1, position, Raw(item), error, None)
         if data is None:
             self._finish(chunk, None)
             return
@@ -496,7 +507,7 @@ class Run:
         chunk: Chunk,
         stage: int,
         position: int,
-        item: bytes | None,
+        item: bytes | Raw | None,
         error: BaseException | bytes,
         pid: int | None,
     ) -> None:
@@ -579,13 +590,15 @@ def _dumps_or_none(item: object) -> bytes | None:
 
 
 def failure_record(
-    record: tuple[int, str, bytes | None, BaseException | bytes],
+    record: tuple[int, str, bytes | Raw | None, BaseException | bytes],
 ) -> tuple[int, str, Any, BaseException]:
     """Rebuild a kept failure in the caller's thread: position, stage, item, exception."""
     position, name, item_bytes, error = record
     exc = loads_exception(error) if isinstance(error, bytes) else error
     item: Any = None
-    if item_bytes is not None:
+    if isinstance(item_bytes, Raw):
+        item = item_bytes.value
+    elif item_bytes is not None:
         try:
             item = loads(item_bytes)
         except Exception:  # noqa: BLE001  # the item would not rebuild here: report without it

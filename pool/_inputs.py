@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 FORMATS = ("jsonl", "csv", "text")
+_FIELD_LIMIT = 1 << 30
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
 Item = tuple[Any, ...]  # (line, raw) or (line, raw, problem)
@@ -42,20 +43,39 @@ def format_of(path: str, given: str | None) -> str:
     return _EXTENSIONS.get(os.path.splitext(path)[1].lower(), "text")
 
 
-def open_input(path: str) -> IO[str]:
-    """The input file, or standard input for ``-``; an OSError names the path."""
+def open_input(path: str) -> IO[bytes]:
+    """The input file, or standard input for ``-``, as bytes; an OSError names the path.
+
+    Lines are cut at ``\\n`` only and decoded one by one, so a stray ``\\r``
+    or an invalid UTF-8 byte fails its own line, not the job.
+    """
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return sys.stdin.buffer
+    return open(path, "rb")
 
 
-def read_items(stream: IO[str], fmt: str) -> tuple[Iterator[Item], list[str] | None]:
+def read_items(stream: IO[bytes], fmt: str) -> tuple[Iterator[Item], list[str] | None]:
     """The file's items, and for CSV its header (the keyword arguments' names)."""
     if fmt == "csv":
-        return _csv(stream)
+        # The csv module needs text; undecodable bytes are kept as surrogates
+        # and reported per row (see _csv_rows).
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        return _csv(text)
     if fmt == "jsonl":
         return _jsonl(stream), None
     return _text(stream), None
+
+
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None, bytes]]:
+    """(line number, text or None if not UTF-8, raw bytes), without the line end; BOM dropped."""
+    for line, raw in enumerate(stream, 1):
+        if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # noqa: PLW2901  # the byte-order mark is not part of the first input
+        raw = raw.rstrip(b"\n").removesuffix(b"\r")  # noqa: PLW2901
+        try:
+            yield line, raw.decode("utf-8"), raw
+        except UnicodeDecodeError:
+            yield line, None, raw
 
 
 def items_of(values: Iterable[Any]) -> Iterator[Item]:
@@ -63,19 +83,28 @@ def items_of(values: Iterable[Any]) -> Iterator[Item]:
     return enumerate(values, 1)
 
 
-def _jsonl(stream: IO[str]) -> Iterator[Item]:
-    for line, raw in enumerate(stream, 1):
-        text = raw.strip()
-        if text:  # blank lines are not inputs, but they are counted
+def _jsonl(stream: IO[bytes]) -> Iterator[Item]:
+    for line, text, raw in _lines(stream):
+        if text is None:
+            yield line, raw.decode("utf-8", "replace"), _NOT_UTF8
+        elif text.strip():  # blank lines are not inputs, but they are counted
+            yield line, text.strip()
+
+
+def _text(stream: IO[bytes]) -> Iterator[Item]:
+    for line, text, raw in _lines(stream):
+        if text is None:
+            yield line, raw.decode("utf-8", "replace"), _NOT_UTF8
+        else:
             yield line, text
 
 
-def _text(stream: IO[str]) -> Iterator[Item]:
-    for line, raw in enumerate(stream, 1):
-        yield line, raw.rstrip("\r\n")
+_NOT_UTF8 = "not valid UTF-8 text"
 
 
 def _csv(stream: IO[str]) -> tuple[Iterator[Item], list[str] | None]:
+    # A field may be as long as a line may: the default limit (128 KiB) is not the file's.
+    csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
     reader = csv.reader(stream)
     try:
         header = next(reader)
@@ -91,19 +120,26 @@ def _csv(stream: IO[str]) -> tuple[Iterator[Item], list[str] | None]:
 
 def _csv_rows(reader: Any, width: int) -> Iterator[Item]:
     while True:
+        line = reader.line_num + 1  # a row spanning several lines is numbered by its first
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield reader.line_num, None, f"unreadable CSV row: {exc}"
+            yield line, None, f"unreadable CSV row: {exc}"
             continue
         if not row:
             continue
         if len(row) != width:
-            yield reader.line_num, row, f"{len(row)} fields where the header has {width}"
+            yield line, row, f"{len(row)} fields where the header has {width}"
             continue
-        yield reader.line_num, row
+        try:
+            "".join(row).encode("utf-8")
+        except UnicodeEncodeError:  # surrogates: bytes that were not UTF-8
+            shown = [f.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for f in row]
+            yield line, shown, _NOT_UTF8
+            continue
+        yield line, row
 
 
 def input_json(fmt: str, header: list[str] | None, item: Item) -> str:
@@ -111,10 +147,9 @@ def input_json(fmt: str, header: list[str] | None, item: Item) -> str:
     raw = item[1]
     if len(item) == 2 and fmt == "jsonl":
         try:
-            json.loads(raw)
+            return json.dumps(json.loads(raw, parse_constant=_no_constant))
         except ValueError:
             return json.dumps(raw)  # not JSON: shown as the string it is
-        return str(raw)
     if len(item) == 2 and fmt == "csv" and header is not None:
         return json.dumps(dict(zip(header, raw)))  # noqa: B905  # lengths checked when read
     return _json_or_repr(raw)
@@ -131,11 +166,11 @@ def run_input(
     kwargs: dict[str, Any] = {}
     if fmt == "jsonl":
         try:
-            value = json.loads(raw)
+            value = json.loads(raw, parse_constant=_no_constant)
         except ValueError as exc:
             raise InputError(f"line {line}: not valid JSON: {exc}") from None
         args, kwargs = _call_of(line, value)
-        shown = raw
+        shown = json.dumps(value)  # one line whatever the input's spacing (a stray \r is JSON space)
     elif fmt == "csv":
         assert header is not None
         kwargs = dict(zip(header, raw))  # noqa: B905  # lengths checked when read
@@ -168,6 +203,11 @@ def _call_of(line: int, value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 def _json_or_repr(value: Any) -> str:
     try:
-        return json.dumps(value)
+        return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return json.dumps(repr(value))
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity parse in Python's json, but no JSON reader reads them back.
+    raise ValueError(f"{name} is not JSON")

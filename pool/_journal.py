@@ -61,13 +61,22 @@ class RecordFiles:
         self._out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._err = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if committed is None:
-            os.ftruncate(self._out, 0)
-            os.ftruncate(self._err, 0)
+            # The new journal first: killed before the files are emptied, a
+            # resume finds a journal without commits and empties them itself.
             self._journal = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
             self._append_journal(header)
+            os.ftruncate(self._out, 0)
+            os.ftruncate(self._err, 0)
         else:
-            os.ftruncate(self._out, committed["output"])
-            os.ftruncate(self._err, committed["errors"])
+            files = ((self._out, output, committed["output"]), (self._err, errors, committed["errors"]))
+            for fd, path, size in files:
+                actual = os.fstat(fd).st_size
+                if actual < size:
+                    raise JournalMismatch(
+                        f"{path} holds {actual} bytes, fewer than the {size} the journal committed: "
+                        "it was changed since; run without --resume to start over"
+                    )
+                os.ftruncate(fd, size)
             self.resumed = Resumed(set(), 0, 0)
             self.resumed.outputs = _read_lines(output, self.resumed.done)
             self.resumed.errors = _read_lines(errors, self.resumed.done)
@@ -133,11 +142,16 @@ def _last_commit(journal: str, header: dict[str, Any]) -> dict[str, Any] | None:
     entries = []
     for text in lines:
         try:
-            entries.append(json.loads(text))
+            entry = json.loads(text)
         except ValueError:
             break  # a torn last line: the commit it was writing did not happen
-    if not entries:
-        return None
+        if not isinstance(entry, dict):
+            break
+        entries.append(entry)
+    if not lines or (not entries and len(lines) == 1 and lines[0].startswith('{"journal"')):
+        return None  # created, then killed before its header was whole
+    if not entries or entries[0].get("journal") != JOURNAL_VERSION:
+        raise JournalMismatch(f"{journal} is not a journal this version of pool run wrote; move it away")
     written = entries[0]
     for key in ("function", "input", "format", "output", "errors"):
         if written.get(key) != header.get(key):

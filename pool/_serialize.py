@@ -284,6 +284,8 @@ def loads_exception(data: bytes) -> BaseException:
             exc = pickle.loads(payload)
             if isinstance(exc, BaseException):
                 return exc
+        except KeyboardInterrupt:
+            raise  # Ctrl-C in the caller's thread while it rebuilds: the user's, not the task's
         except BaseException:  # noqa: BLE001  # even SystemExit: the description stands in for it
             pass
     return RemoteError(type_name, message, formatted)

@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ._errors import SerializationError
+from ._errors import SerializationError, TaskTimeout
 from ._serialize import describe_callable, dumps, dumps_exception, loads
 
 MAP = "map"
@@ -37,12 +37,29 @@ _kind: str | None = None
 _fn: Callable[..., Any] | None = None
 
 
-def install(kind: str, fn: Callable[..., Any]) -> None:
-    """The stage pool's initializer: remember what this worker runs."""
+def install(kind: str, fn: Callable[..., Any], timeout: float | None = None, name: str = "") -> None:
+    """The stage pool's initializer: remember what this worker runs.
+
+    With a ``timeout``, each item is timed: one that took longer fails with
+    `TaskTimeout` even if its chunk, given more time as a whole (see
+    `pool._flow`), was not stopped, so an item's outcome does not depend on
+    how the items were chunked.
+    """
     global _kind, _fn
     if kind not in KINDS:
         raise ValueError(f"unknown stage kind {kind!r}")
-    _kind, _fn = kind, fn
+    _kind, _fn = kind, fn if timeout is None else _timed(fn, timeout, name or describe_callable(fn))
+
+
+def _timed(fn: Callable[..., Any], timeout: float, name: str) -> Callable[..., Any]:
+    def timed(item: Any) -> Any:
+        start = time.perf_counter()
+        result = fn(item)
+        if time.perf_counter() - start > timeout:
+            raise TaskTimeout(name, timeout, os.getpid())
+        return result
+
+    return timed
 
 
 def positions_of(values: Sequence[int]) -> Sequence[int]:

@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,3 +145,10 @@ def no_truth_at(target: int, x: int) -> Any:
 
 def big(size: int, x: int) -> bytes:
     return bytes(size)
+
+
+def slow_at(target: int, seconds: float, x: int) -> int:
+    """Take ``seconds`` (simulated work) on ``target``."""
+    if x == target:
+        time.sleep(seconds)  # work, not synchronization
+    return x

@@ -79,6 +79,29 @@ def test_text_lines_from_standard_input(tmp_path: Path) -> None:
     ]
 
 
+def test_odd_bytes_fail_their_own_line_only(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    # A byte-order mark, a line that is not UTF-8, NaN (not JSON), a stray \r inside a line.
+    source.write_bytes(b'\xef\xbb\xbf1\n\xff\xfe\nNaN\n{"args":\r [4]}\n5\n')
+    out = tmp_path / "out.jsonl"
+    done = pool_run("_batch_jobs:double", str(source), "-o", str(out), "--ordered")
+    assert done.returncode == 1, done.stderr
+    assert [(r["line"], r["result"]) for r in records(out)] == [(1, 2), (4, 8), (5, 10)]
+    errors = {r["line"]: r["error"] for r in records(tmp_path / "out.errors.jsonl")}
+    assert sorted(errors) == [2, 3]
+    assert "not valid UTF-8" in errors[2]["message"] and "NaN is not JSON" in errors[3]["message"]
+
+
+def test_a_csv_row_over_several_lines_is_numbered_by_its_first(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    long = "x" * 300_000  # past the csv module's default field limit
+    source.write_text(f'name,count\n"a\nb",1\n{long},2\n', encoding="utf-8-sig")
+    out = tmp_path / "out.jsonl"
+    done = pool_run("_batch_jobs:label", str(source), "-o", str(out), "--ordered")
+    assert done.returncode == 0, done.stderr
+    assert [(r["line"], r["result"]) for r in records(out)] == [(2, "a\nb:2"), (4, f"{long}:4")]
+
+
 def test_results_come_in_input_order_with_ordered(tmp_path: Path) -> None:
     source = write_lines(tmp_path / "in.jsonl", [str(i) for i in range(5000)])
     out = tmp_path / "out.jsonl"
@@ -131,6 +154,26 @@ def test_an_unreadable_input_is_a_usage_error(tmp_path: Path) -> None:
     done = pool_run("_batch_jobs:shout", str(tmp_path / "missing.txt"))
     assert done.returncode == 2
     assert "missing.txt" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["-o", "--errors"])
+def test_writing_over_the_input_is_refused(tmp_path: Path, flag: str) -> None:
+    source = write_lines(tmp_path / "in.jsonl", ["1"])
+    done = pool_run("_batch_jobs:double", str(source), flag, str(source))
+    assert done.returncode == 2 and "would be overwritten" in done.stderr
+    assert source.read_text() == "1\n"
+
+
+def test_resuming_over_an_output_changed_since_is_refused(tmp_path: Path) -> None:
+    source = write_lines(tmp_path / "in.jsonl", [str(i) for i in range(50)])
+    out = tmp_path / "out.jsonl"
+    assert pool_run("_batch_jobs:double", str(source), "-o", str(out)).returncode == 0
+    out.write_text("")
+    done = pool_run("_batch_jobs:double", str(source), "-o", str(out), "--resume")
+    assert done.returncode == 2 and "changed since" in done.stderr
+    (tmp_path / "out.jsonl.journal").write_text("[1, 2]\n")
+    done = pool_run("_batch_jobs:double", str(source), "-o", str(out), "--resume")
+    assert done.returncode == 2 and "not a journal" in done.stderr
 
 
 def test_resuming_with_another_function_is_refused(tmp_path: Path) -> None:
@@ -238,6 +281,19 @@ def test_batch_over_an_iterable(tmp_path: Path) -> None:
     assert [r["result"] for r in records(tmp_path / "out.jsonl")] == [2 * i for i in range(100)]
     again = batch(double, range(100), tmp_path / "out.jsonl", resume=True, progress=False)
     assert again.skipped == 100 and again.done == 0
+
+
+def test_a_resumed_iterable_names_the_line_of_a_value_that_cannot_be_pickled(tmp_path: Path) -> None:
+    import threading
+
+    values: list[Any] = [*range(10), threading.Lock(), 11]
+    first = batch(double, values[:5], tmp_path / "out.jsonl", progress=False)
+    assert first.done == 5
+    # The same job, longer now: lines 1-5 are done, the lock is line 11.
+    result = batch(double, values, tmp_path / "out.jsonl", resume=True, progress=False)
+    assert result.skipped == 5 and result.failed == {"SerializationError": 1}
+    (error,) = records(tmp_path / "out.errors.jsonl")
+    assert error["line"] == 11
 
 
 def test_batch_rejects_bad_arguments(tmp_path: Path) -> None:

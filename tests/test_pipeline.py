@@ -32,6 +32,7 @@ from _stages import (
     is_multiple_of_5,
     no_truth_at,
     not_iterable,
+    slow_at,
     stop_at,
     touch,
     unpicklable_at,
@@ -301,6 +302,14 @@ def test_a_stuck_item_times_out_alone() -> None:
     assert [g for g in got if not isinstance(g, FailedItem)] == [x for x in range(12) if x != 5]
     (record,) = [g for g in got if isinstance(g, FailedItem)]
     assert record.position == 5 and isinstance(record.error, TaskTimeout)
+
+
+def test_an_item_past_its_timeout_fails_even_when_its_chunk_was_not_stopped() -> None:
+    # Chunks of 4 may run twice the timeout; the item alone may not.
+    slow = functools.partial(slow_at, 2, 0.3)
+    got = list(Pipeline(range(8), on_error="collect", chunksize=4).map(slow, timeout=0.2))
+    assert [g for g in got if not isinstance(g, FailedItem)] == [0, 1, 3, 4, 5, 6, 7]
+    assert isinstance(got[2], FailedItem) and isinstance(got[2].error, TaskTimeout)
 
 
 def test_system_exit_in_a_stage_fails_the_item_not_the_worker() -> None:
