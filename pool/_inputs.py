@@ -56,26 +56,17 @@ def open_input(path: str) -> IO[bytes]:
 
 def read_items(stream: IO[bytes], fmt: str) -> tuple[Iterator[Item], list[str] | None]:
     """The file's items, and for CSV its header (the keyword arguments' names)."""
+    # Bytes that are not UTF-8 are kept as surrogates, and the line that has
+    # them fails in the worker (see run_input), not the job here. A
+    # byte-order mark is dropped.
     if fmt == "csv":
-        # The csv module needs text; undecodable bytes are kept as surrogates
-        # and reported per row (see _csv_rows).
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         return _csv(text)
+    # Lines end at \n only: a stray \r inside a line does not cut it in two.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="\n")
     if fmt == "jsonl":
-        return _jsonl(stream), None
-    return _text(stream), None
-
-
-def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None, bytes]]:
-    """(line number, text or None if not UTF-8, raw bytes), without the line end; BOM dropped."""
-    for line, raw in enumerate(stream, 1):
-        if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]  # noqa: PLW2901  # the byte-order mark is not part of the first input
-        raw = raw.rstrip(b"\n").removesuffix(b"\r")  # noqa: PLW2901
-        try:
-            yield line, raw.decode("utf-8"), raw
-        except UnicodeDecodeError:
-            yield line, None, raw
+        return _jsonl(text), None
+    return _text(text), None
 
 
 def items_of(values: Iterable[Any]) -> Iterator[Item]:
@@ -83,20 +74,16 @@ def items_of(values: Iterable[Any]) -> Iterator[Item]:
     return enumerate(values, 1)
 
 
-def _jsonl(stream: IO[bytes]) -> Iterator[Item]:
-    for line, text, raw in _lines(stream):
-        if text is None:
-            yield line, raw.decode("utf-8", "replace"), _NOT_UTF8
-        elif text.strip():  # blank lines are not inputs, but they are counted
-            yield line, text.strip()
-
-
-def _text(stream: IO[bytes]) -> Iterator[Item]:
-    for line, text, raw in _lines(stream):
-        if text is None:
-            yield line, raw.decode("utf-8", "replace"), _NOT_UTF8
-        else:
+def _jsonl(stream: IO[str]) -> Iterator[Item]:
+    for line, raw in enumerate(stream, 1):
+        text = raw.strip()
+        if text:  # blank lines are not inputs, but they are counted
             yield line, text
+
+
+def _text(stream: IO[str]) -> Iterator[Item]:
+    for line, raw in enumerate(stream, 1):
+        yield line, raw.rstrip("\n").removesuffix("\r")
 
 
 _NOT_UTF8 = "not valid UTF-8 text"
@@ -147,9 +134,11 @@ def input_json(fmt: str, header: list[str] | None, item: Item) -> str:
     raw = item[1]
     if len(item) == 2 and fmt == "jsonl":
         try:
-            return json.dumps(json.loads(raw, parse_constant=_no_constant))
-        except ValueError:
+            value = _DECODER.decode(raw)
+            raw.encode("utf-8")
+        except (ValueError, UnicodeEncodeError):
             return json.dumps(raw)  # not JSON: shown as the string it is
+        return str(raw) if "\r" not in raw else json.dumps(value)
     if len(item) == 2 and fmt == "csv" and header is not None:
         return json.dumps(dict(zip(header, raw)))  # noqa: B905  # lengths checked when read
     return _json_or_repr(raw)
@@ -162,15 +151,21 @@ def run_input(
     line, raw = item[0], item[1]
     if len(item) == 3:
         raise InputError(f"line {line}: {item[2]}")
+    if fmt in ("jsonl", "text"):
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:  # surrogates: bytes that were not UTF-8
+            raise InputError(f"line {line}: {_NOT_UTF8}") from None
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = {}
     if fmt == "jsonl":
         try:
-            value = json.loads(raw, parse_constant=_no_constant)
+            value = _DECODER.decode(raw)
         except ValueError as exc:
             raise InputError(f"line {line}: not valid JSON: {exc}") from None
         args, kwargs = _call_of(line, value)
-        shown = json.dumps(value)  # one line whatever the input's spacing (a stray \r is JSON space)
+        # As written, unless a stray \r (JSON space) would split the record's line.
+        shown = raw if "\r" not in raw else json.dumps(value)
     elif fmt == "csv":
         assert header is not None
         kwargs = dict(zip(header, raw))  # noqa: B905  # lengths checked when read
@@ -182,7 +177,7 @@ def run_input(
     value = fn(*args, **kwargs)
     seconds = time.perf_counter() - start
     try:
-        result = json.dumps(value, allow_nan=False)
+        result = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the result of type {type(value).__qualname__} cannot be written as JSON: {exc}"
@@ -203,7 +198,7 @@ def _call_of(line: int, value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 def _json_or_repr(value: Any) -> str:
     try:
-        return json.dumps(value, allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError):
         return json.dumps(repr(value))
 
@@ -211,3 +206,9 @@ def _json_or_repr(value: Any) -> str:
 def _no_constant(name: str) -> Any:
     # NaN and Infinity parse in Python's json, but no JSON reader reads them back.
     raise ValueError(f"{name} is not JSON")
+
+
+# Made once: json.loads and json.dumps build a new decoder or encoder for
+# every call given an option, which costs more than the call itself.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_ENCODER = json.JSONEncoder(allow_nan=False)
