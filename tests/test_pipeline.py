@@ -297,7 +297,7 @@ def test_an_item_that_always_kills_its_worker_runs_retries_plus_one_times(
 
 
 def test_a_stuck_item_times_out_alone() -> None:
-    pipe = Pipeline(range(12), on_error="collect").map(functools.partial(block_at, 5, None), timeout=0.5)
+    pipe = Pipeline(range(12), on_error="collect").map(functools.partial(block_at, 5, None), timeout=1.0)
     got = list(pipe)
     assert [g for g in got if not isinstance(g, FailedItem)] == [x for x in range(12) if x != 5]
     (record,) = [g for g in got if isinstance(g, FailedItem)]
@@ -306,8 +306,8 @@ def test_a_stuck_item_times_out_alone() -> None:
 
 def test_an_item_past_its_timeout_fails_even_when_its_chunk_was_not_stopped() -> None:
     # Chunks of 4 may run twice the timeout; the item alone may not.
-    slow = functools.partial(slow_at, 2, 0.3)
-    got = list(Pipeline(range(8), on_error="collect", chunksize=4).map(slow, timeout=0.2))
+    slow = functools.partial(slow_at, 2, 1.5)
+    got = list(Pipeline(range(8), on_error="collect", chunksize=4).map(slow, timeout=1.0))
     assert [g for g in got if not isinstance(g, FailedItem)] == [0, 1, 3, 4, 5, 6, 7]
     assert isinstance(got[2], FailedItem) and isinstance(got[2].error, TaskTimeout)
 
