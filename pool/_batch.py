@@ -20,17 +20,17 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import IO, Any
 
 from . import _inputs
 from ._errors import SerializationError, TaskTimeout, WorkerLost
 from ._inputs import InputError, Item, format_of, input_json, items_of, open_input, read_items, run_input
 from ._journal import RecordFiles, errors_path, record_line
-from ._pipeline import FailedItem, Pipeline
+from ._mapping import length_of
+from ._pipeline import FailedItem, Pipeline, stage_name
 from ._pool import _check_count, _check_timeout
 from ._progress import PLAIN_INTERVAL, BatchProgress
-from ._serialize import describe_callable
+from ._serialize import describe_callable, drop_frames_of
 
 __all__ = ["BatchResult", "batch", "execute"]
 
@@ -189,7 +189,7 @@ def execute(
     else:
         fmt = "values"
         items, header_row = items_of(inputs), None
-        total = _length(inputs)
+        total = length_of((inputs,))
         identity = None
     header = {
         "journal": 1,
@@ -238,7 +238,7 @@ def _run(
     )
     pipe: Pipeline[Any] = source.map(
         functools.partial(run_input, fn, fmt, header), workers=options.workers, timeout=options.timeout,
-        retries=options.retries, name=_name(fn),
+        retries=options.retries, name=stage_name(fn),
     )
     committer = _Committer(files, options.sync_every, progress)
     start = time.monotonic()
@@ -331,14 +331,6 @@ def _error_record(failed: FailedItem, fmt: str, header: list[str] | None) -> byt
     return record_line(line, shown, "error", json.dumps(detail))
 
 
-def _user_frames(error: BaseException) -> TracebackType | None:
-    """The traceback from the user's function on: without `run_input`'s own frame."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == _inputs.__file__:
-        tb = tb.tb_next
-    return tb
-
-
 def _error_type(error: BaseException) -> str:
     return type(error).__name__
 
@@ -354,7 +346,9 @@ def _message(error: BaseException) -> str:
 
 def _traceback(error: BaseException) -> str | None:
     try:
-        return "".join(traceback.format_exception(type(error), error, _user_frames(error)))
+        # From the user's function on: without `run_input`'s own frame.
+        error = drop_frames_of(_inputs.__file__, error)
+        return "".join(traceback.format_exception(type(error), error, error.__traceback__))
     except KeyboardInterrupt:
         raise
     except BaseException:  # noqa: BLE001  # formatting runs the exception's own code
@@ -367,11 +361,6 @@ def _seconds(seconds: float) -> str:
     if seconds >= 0.001:
         return f"{seconds * 1000:.1f} ms"
     return f"{seconds * 1e6:.0f} µs"
-
-
-def _name(fn: Callable[..., Any]) -> str:
-    name = getattr(fn, "__name__", None)
-    return name if isinstance(name, str) and name else describe_callable(fn)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -403,10 +392,3 @@ def _count_lines(path: str, fmt: str) -> int | None:
     if fmt == "csv":
         count -= 1  # the header
     return max(0, count)
-
-
-def _length(values: Iterable[Any]) -> int | None:
-    try:
-        return len(values)  # type: ignore[arg-type]
-    except TypeError:
-        return None

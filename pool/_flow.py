@@ -34,7 +34,7 @@ from typing import Any
 
 from . import _protocol as proto
 from . import _stage
-from ._errors import SerializationError, TaskTimeout, WorkerLost
+from ._errors import TaskTimeout, WorkerLost
 from ._futures import Future
 from ._mapping import MAX_CHUNK, TARGET_SECONDS
 from ._pool import Pool
@@ -350,22 +350,11 @@ class Run:
             return _stage.pack(range(first, first + len(items)), items), []
         except Exception:  # noqa: BLE001  # find the items that cannot be pickled; they fail alone
             pass
-        positions: list[int] = []
-        kept: list[Any] = []
-        failures: list[tuple[int, BaseException, Any]] = []
-        for position, item in enumerate(items, first):
-            try:
-                dumps(item)
-            except Exception as exc:  # noqa: BLE001  # this item fails, with a clear error
-                error = SerializationError(
-                    f"cannot pickle the item at position {position} of the pipeline's source, "
-                    f"of type {type(item).__qualname__}: {type(exc).__name__}: {exc}"
-                )
-                error.__cause__ = exc
-                failures.append((position, error, item))
-            else:
-                positions.append(position)
-                kept.append(item)
+        what = "the item at position {position} of the pipeline's source"
+        positions, kept, unpicklable = _stage.split_picklable(range(first, first + len(items)), items, what)
+        failures: list[tuple[int, BaseException, Any]] = [
+            (position, error, item) for position, item, error in unpicklable
+        ]
         return (_stage.pack(positions, kept) if kept else None), failures
 
     # --- the driver ------------------------------------------------------------
@@ -475,7 +464,7 @@ class Run:
             return
         counters.failed += 1
         positions, items = _stage.unpack(piece.data)
-        item_bytes = _dumps_or_none(items[0]) if items else None
+        item_bytes = _stage.dumps_or_none(items[0]) if items else None
         position = positions[0] if positions else chunk.first
         self._on_failure(chunk, chunk.stage, position, item_bytes, error, None)
         if self._failed:
@@ -580,13 +569,6 @@ def _close_source(source: Iterator[Any]) -> None:
             close()
         except Exception:  # noqa: BLE001  # the run is over; a failing close must not mask why
             pass
-
-
-def _dumps_or_none(item: object) -> bytes | None:
-    try:
-        return dumps(item)
-    except Exception:  # noqa: BLE001  # the failure is reported without its item
-        return None
 
 
 def failure_record(

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _stage
 from ._flow import Run, StageSpec, failure_record
+from ._mapping import length_of
 from ._pool import _check_callable, _check_count, _check_timeout
 from ._progress import progress_bar
 from ._serialize import describe_callable, dumps_function
@@ -196,7 +197,7 @@ class Pipeline(Generic[T]):
     ) -> Pipeline[Any]:
         _check_callable(fn)
         if name is None:
-            name = _name_of(fn)
+            name = stage_name(fn)
         elif not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, not {name!r}")
         spec = StageSpec(
@@ -229,7 +230,7 @@ class Pipeline(Generic[T]):
         # the rest of its work for tiny items.
         items = itertools.chain.from_iterable(self._chunks(iter(self._source)))  # TypeError here
         if self._progress:
-            return progress_bar(items, total=_length(self._source), unit="item")
+            return progress_bar(items, total=length_of((self._source,)), unit="item")
         return items
 
     def _chunks(self, source: Iterator[Any]) -> Iterator[list[Any]]:
@@ -288,14 +289,7 @@ class Pipeline(Generic[T]):
         return f"<pool.Pipeline {stages or 'no stages'}>"
 
 
-def _length(source: object) -> int | None:
-    try:
-        return len(source)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _name_of(fn: Callable[..., Any]) -> str:
+def stage_name(fn: Callable[..., Any]) -> str:
     """A stage's default name: its function's, seen through ``functools.partial``."""
     while isinstance(fn, functools.partial):
         fn = fn.func

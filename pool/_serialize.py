@@ -291,6 +291,15 @@ def loads_exception(data: bytes) -> BaseException:
     return RemoteError(type_name, message, formatted)
 
 
+def drop_frames_of(filename: str, exc: BaseException) -> BaseException:
+    """Drop the leading traceback frames of ``filename``, so it starts in the user's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == filename:
+        tb = tb.tb_next
+    exc.__traceback__ = tb
+    return exc
+
+
 def add_note(exc: BaseException, note: str) -> None:
     """``exc.add_note(note)``, also on Python 3.10 and when ``__notes__`` is not a list."""
     notes = getattr(exc, "__notes__", None)

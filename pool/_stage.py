@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ._errors import SerializationError, TaskTimeout
-from ._serialize import describe_callable, dumps, dumps_exception, loads
+from ._serialize import describe_callable, drop_frames_of, dumps, dumps_exception, loads
 
 MAP = "map"
 FILTER = "filter"
@@ -142,7 +142,7 @@ def _call_each(
             error = RuntimeError(f"{describe_callable(fn)} raised StopIteration")
         index = begin + len(values) - before
         item = items[index]
-        failures.append((positions[index], _dumps_or_none(item), dumps_exception(_user_frames(error))))
+        failures.append((positions[index], dumps_or_none(item), dumps_exception(_user_frames(error))))
         failed.append(index)
         begin = index + 1
     if not failed:
@@ -160,7 +160,7 @@ def _flat_map(
         try:
             produced = list(_iterate(fn(item)))  # all or nothing, if it raises midway
         except BaseException as exc:  # noqa: BLE001  # SystemExit too: the item fails, not the worker
-            failures.append((position, _dumps_or_none(item), dumps_exception(_user_frames(exc))))
+            failures.append((position, dumps_or_none(item), dumps_exception(_user_frames(exc))))
         else:
             outputs.extend(produced)
             out_positions.extend([position] * len(produced))
@@ -188,26 +188,41 @@ def _iterate(produced: object) -> Iterable[Any]:
 
 
 def _pack_picklable(positions: list[int], outputs: list[Any], failures: list[Failure]) -> tuple[bytes, int]:
-    kept_positions: list[int] = []
-    kept: list[Any] = []
-    for position, output in zip(positions, outputs):  # noqa: B905  # built together
-        try:
-            dumps(output)
-        except Exception as exc:  # noqa: BLE001  # this output fails, with a clear error
-            error = SerializationError(
-                f"cannot pickle the output for the item at position {position}, "
-                f"of type {type(output).__qualname__}: {type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            failures.append((position, None, dumps_exception(error)))
-        else:
-            kept_positions.append(position)
-            kept.append(output)
+    kept_positions, kept, unpicklable = split_picklable(
+        positions, outputs, "the output for the item at position {position}"
+    )
+    failures.extend((position, None, dumps_exception(error)) for position, _, error in unpicklable)
     failures.sort(key=lambda failure: failure[0])
     return pack(kept_positions, kept), len(kept)
 
 
-def _dumps_or_none(item: object) -> bytes | None:
+def split_picklable(
+    positions: Iterable[int], items: Iterable[Any], what: str
+) -> tuple[list[int], list[Any], list[tuple[int, Any, SerializationError]]]:
+    """The items that pickle, with their positions, and a clear error for each other one.
+
+    ``what`` names an item in the error, with ``{position}`` in it.
+    """
+    kept_positions: list[int] = []
+    kept: list[Any] = []
+    failed: list[tuple[int, Any, SerializationError]] = []
+    for position, item in zip(positions, items):  # noqa: B905  # built together
+        try:
+            dumps(item)
+        except Exception as exc:  # noqa: BLE001  # this item fails, with a clear error
+            error = SerializationError(
+                f"cannot pickle {what.format(position=position)}, "
+                f"of type {type(item).__qualname__}: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            failed.append((position, item, error))
+        else:
+            kept_positions.append(position)
+            kept.append(item)
+    return kept_positions, kept, failed
+
+
+def dumps_or_none(item: object) -> bytes | None:
     try:
         return dumps(item)
     except Exception:  # noqa: BLE001  # the failure is reported without its item
@@ -216,8 +231,4 @@ def _dumps_or_none(item: object) -> bytes | None:
 
 def _user_frames(exc: BaseException) -> BaseException:
     """Drop this module's frame so the traceback starts in the stage's function."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    exc.__traceback__ = tb
-    return exc
+    return drop_frames_of(__file__, exc)

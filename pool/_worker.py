@@ -33,7 +33,7 @@ from typing import Any
 
 from . import _protocol as proto
 from ._errors import SerializationError
-from ._serialize import describe_callable, dumps, dumps_exception, loads
+from ._serialize import describe_callable, drop_frames_of, dumps, dumps_exception, loads
 
 # Exit status of a worker whose parent vanished; nobody reads it but `ps`.
 PARENT_DIED_EXIT = 70
@@ -101,11 +101,7 @@ def _run_chunk(
 
 def _strip_own_frames(exc: BaseException) -> BaseException:
     """Drop this module's frames so the remote traceback starts in the user's code."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    exc.__traceback__ = tb
-    return exc
+    return drop_frames_of(__file__, exc)
 
 
 def _failure(task_id: int, exc: BaseException) -> bytes:
