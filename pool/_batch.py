@@ -184,7 +184,8 @@ def execute(
         fmt = format_of(path, format)
         stream = open_input(path)  # an OSError here names the file
         items, header_row = read_items(stream, fmt)
-        total = _count_lines(path, fmt) if path != "-" else None
+        # The total is for the progress display only: no extra pass over the file without one.
+        total = _count_lines(path, fmt) if progress and path != "-" else None
         identity: dict[str, Any] | None = _identity(path)
     else:
         fmt = "values"
