@@ -33,8 +33,12 @@ def _record(numbered: tuple[int, str]) -> tuple[bool, str]:
 
 def main(argv: list[str]) -> int:
     source, output = argv[1], argv[2]
-    with open(source) as lines, open(output, "w") as out, open(output + ".errors.jsonl", "w") as errors, \
-            multiprocessing.Pool() as pool:
+    with (
+        open(source) as lines,
+        open(output, "w") as out,
+        open(output + ".errors.jsonl", "w") as errors,
+        multiprocessing.Pool() as pool,
+    ):
         numbered = ((n, text.strip()) for n, text in enumerate(lines, 1) if text.strip())
         for ok, record in pool.imap_unordered(_record, numbered, chunksize=1000):
             (out if ok else errors).write(record)

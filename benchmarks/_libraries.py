@@ -93,7 +93,11 @@ class PoolLibrary(Library):
 
 class ExecutorLibrary(Library):
     key, label, module, distribution, optional = (
-        "ppe", "PPE", "concurrent.futures", "python", False,
+        "ppe",
+        "PPE",
+        "concurrent.futures",
+        "python",
+        False,
     )
 
     def open(self, workers: int) -> None:
@@ -119,7 +123,11 @@ class ExecutorLibrary(Library):
 
 class MultiprocessingLibrary(Library):
     key, label, module, distribution, optional = (
-        "mp", "mp.Pool", "multiprocessing", "python", False,
+        "mp",
+        "mp.Pool",
+        "multiprocessing",
+        "python",
+        False,
     )
 
     def open(self, workers: int) -> None:

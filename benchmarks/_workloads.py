@@ -306,8 +306,7 @@ WORKLOADS: dict[str, Workload] = {
                     "x",
                     True,
                     lambda s: (
-                        f"{s.cpu_tasks} x {1e3 * s.cpu_task_seconds:g} ms CPU, "
-                        f"{s.workers} workers vs 1"
+                        f"{s.cpu_tasks} x {1e3 * s.cpu_task_seconds:g} ms CPU, {s.workers} workers vs 1"
                     ),
                 ),
             ),

@@ -43,10 +43,24 @@ def main(argv: list[str]) -> int:
         source = Path(tmp) / "inputs.jsonl"
         source.write_text("".join(f"{i}\n" for i in range(args.items)))
         commands = {
-            "pool run": [sys.executable, "-m", "pool", "run", "benchmarks._batch_job:inc", str(source),
-                         "-o", str(Path(tmp) / "pool.jsonl"), "--no-progress"],
-            "multiprocessing.Pool script": [sys.executable, "-m", "benchmarks._batch_job", str(source),
-                                            str(Path(tmp) / "mp.jsonl")],
+            "pool run": [
+                sys.executable,
+                "-m",
+                "pool",
+                "run",
+                "benchmarks._batch_job:inc",
+                str(source),
+                "-o",
+                str(Path(tmp) / "pool.jsonl"),
+                "--no-progress",
+            ],
+            "multiprocessing.Pool script": [
+                sys.executable,
+                "-m",
+                "benchmarks._batch_job",
+                str(source),
+                str(Path(tmp) / "mp.jsonl"),
+            ],
         }
         seconds: dict[str, float] = {}
         for name, command in commands.items():

@@ -98,12 +98,30 @@ def main() -> None:
         return statistics.median(fn() for _ in range(repeat))
 
     rows: list[tuple[str, str, dict[str, float], bool]] = []
-    rows.append(("fresh pool to first result, own default method", "ms",
-                 {k: 1e3 * median(lambda m=m: first_result(m)) for k, m in defaults.items()}, False))
-    rows.append((f"fresh pool to first result, {method}", "ms",
-                 {k: 1e3 * median(lambda m=m: first_result(m)) for k, m in makers.items()}, False))
-    rows.append(("shutdown of a warm pool", "ms",
-                 {k: 1e3 * median(lambda m=m: shutdown_time(m)) for k, m in makers.items()}, False))
+    rows.append(
+        (
+            "fresh pool to first result, own default method",
+            "ms",
+            {k: 1e3 * median(lambda m=m: first_result(m)) for k, m in defaults.items()},
+            False,
+        )
+    )
+    rows.append(
+        (
+            f"fresh pool to first result, {method}",
+            "ms",
+            {k: 1e3 * median(lambda m=m: first_result(m)) for k, m in makers.items()},
+            False,
+        )
+    )
+    rows.append(
+        (
+            "shutdown of a warm pool",
+            "ms",
+            {k: 1e3 * median(lambda m=m: shutdown_time(m)) for k, m in makers.items()},
+            False,
+        )
+    )
     steady: dict[str, dict[str, float]] = {}
     for name, make in makers.items():
         executor = make()
@@ -115,10 +133,22 @@ def main() -> None:
         }
         executor.shutdown()
     rows.append(("round trip of one tiny task", "µs", {k: v["rt"] for k, v in steady.items()}, False))
-    rows.append(("20,000 tiny tasks submitted, then awaited", "tasks/s",
-                 {k: v["sub"] for k, v in steady.items()}, True))
-    rows.append(("map over 100,000 tiny items, default chunksize", "items/s",
-                 {k: v["map"] for k, v in steady.items()}, True))
+    rows.append(
+        (
+            "20,000 tiny tasks submitted, then awaited",
+            "tasks/s",
+            {k: v["sub"] for k, v in steady.items()},
+            True,
+        )
+    )
+    rows.append(
+        (
+            "map over 100,000 tiny items, default chunksize",
+            "items/s",
+            {k: v["map"] for k, v in steady.items()},
+            True,
+        )
+    )
 
     print(f"{workers} workers, median of {repeat}, Python {sys.version.split()[0]}")
     print(f"{'workload':<50} {'unit':>8} {'pool':>12} {'PPE':>12} {'ratio':>7}")

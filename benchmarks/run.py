@@ -40,7 +40,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes (~1 min)")
     parser.add_argument(
-        "--only", action="append", choices=list(WORKLOADS), metavar="WORKLOAD",
+        "--only",
+        action="append",
+        choices=list(WORKLOADS),
+        metavar="WORKLOAD",
         help=f"run this workload only (repeatable): {', '.join(WORKLOADS)}",
     )
     parser.add_argument(
@@ -91,7 +94,10 @@ def revision() -> str:
     try:
         described = subprocess.run(
             ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -130,8 +136,11 @@ def main(argv: list[str]) -> int:
         "cpus": os.cpu_count(),
         "pool": LIBRARIES["pool"].version(),
         "revision": revision(),
-        "versions": {key: LIBRARIES[key].version() for key in args.peers
-                     if key not in missing and LIBRARIES[key].optional},
+        "versions": {
+            key: LIBRARIES[key].version()
+            for key in args.peers
+            if key not in missing and LIBRARIES[key].optional
+        },
         "start_methods": {key: LIBRARIES[key].start_method() for key in libraries if key not in missing},
         "missing": missing,
         "cpu_busy_before": busy_before,
@@ -147,4 +156,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-

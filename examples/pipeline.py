@@ -82,12 +82,16 @@ def main() -> int:
     print(f"   {sum(counts.values()):,} words, {len(counts):,} distinct, in {elapsed:.2f} s")
     print("   most common:", ", ".join(f"{w} ({n})" for w, n in counts.most_common(5)))
     for failure in failures:
-        print(f"   failed: document {failure.position} in stage {failure.stage!r}: "
-              f"{type(failure.error).__name__}: {failure.error}")
+        print(
+            f"   failed: document {failure.position} in stage {failure.stage!r}: "
+            f"{type(failure.error).__name__}: {failure.error}"
+        )
     print(f"\n   {'stage':<16} {'in':>10} {'out':>10} {'failed':>6}  busy")
     for stage in words.stats():
-        print(f"   {stage.name:<16} {stage.items_in:>10,} {stage.items_out:>10,} "
-              f"{stage.failed:>6}  {stage.busy_seconds:.2f} s")
+        print(
+            f"   {stage.name:<16} {stage.items_in:>10,} {stage.items_out:>10,} "
+            f"{stage.failed:>6}  {stage.busy_seconds:.2f} s"
+        )
     return 0
 
 

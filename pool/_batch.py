@@ -130,9 +130,21 @@ def batch(
     committed and raises `KeyboardInterrupt`.
     """
     result = execute(
-        fn, inputs, output, errors=errors, workers=workers, timeout=timeout, retries=retries,
-        resume=resume, ordered=ordered, chunksize=chunksize, format=format, progress=progress,
-        progress_every=progress_every, sync_every=sync_every, mp_context=mp_context,
+        fn,
+        inputs,
+        output,
+        errors=errors,
+        workers=workers,
+        timeout=timeout,
+        retries=retries,
+        resume=resume,
+        ordered=ordered,
+        chunksize=chunksize,
+        format=format,
+        progress=progress,
+        progress_every=progress_every,
+        sync_every=sync_every,
+        mp_context=mp_context,
     )
     if result.interrupted:
         raise KeyboardInterrupt
@@ -201,8 +213,14 @@ def execute(
         "errors": os.path.abspath(errors),
     }
     options = _Options(
-        workers=workers, timeout=timeout, retries=retries, ordered=bool(ordered), chunksize=chunksize,
-        progress=bool(progress), progress_every=float(progress_every), sync_every=sync_every,
+        workers=workers,
+        timeout=timeout,
+        retries=retries,
+        ordered=bool(ordered),
+        chunksize=chunksize,
+        progress=bool(progress),
+        progress_every=float(progress_every),
+        sync_every=sync_every,
         mp_context=mp_context,
     )
     try:
@@ -234,12 +252,18 @@ def _run(
     progress = BatchProgress(remaining, interval=options.progress_every) if options.progress else None
     slowest: list[tuple[float, int]] = []
     source = Pipeline(
-        todo, ordered=options.ordered, on_error="collect", mp_context=options.mp_context,
+        todo,
+        ordered=options.ordered,
+        on_error="collect",
+        mp_context=options.mp_context,
         chunksize=options.chunksize,
     )
     pipe: Pipeline[Any] = source.map(
-        functools.partial(run_input, fn, fmt, header), workers=options.workers, timeout=options.timeout,
-        retries=options.retries, name=stage_name(fn),
+        functools.partial(run_input, fn, fmt, header),
+        workers=options.workers,
+        timeout=options.timeout,
+        retries=options.retries,
+        name=stage_name(fn),
     )
     committer = _Committer(files, options.sync_every, progress)
     start = time.monotonic()

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "input",
         metavar="INPUT",
-        help="JSON Lines (a value, or {\"args\": [...], \"kwargs\": {...}} per line), CSV (columns as "
+        help='JSON Lines (a value, or {"args": [...], "kwargs": {...}} per line), CSV (columns as '
         "keyword arguments) or text (one string per line); - for standard input",
     )
     run.add_argument("-o", "--output", help="results, JSON Lines (default: INPUT's name + .results.jsonl)")
@@ -76,11 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--format", choices=FORMATS, help="the input format (default: from the extension)")
     run.add_argument(
-        "--sync-every", type=float, default=1.0, metavar="S",
+        "--sync-every",
+        type=float,
+        default=1.0,
+        metavar="S",
         help="seconds between commits of the output to disk and journal (default 1)",
     )
     run.add_argument(
-        "--progress-every", type=float, default=10.0, metavar="S",
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="S",
         help="seconds between progress lines when standard error is not a terminal (default 10)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar or lines")

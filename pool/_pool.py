@@ -468,9 +468,7 @@ class Pool(_TaskAPI, Executor):
         if self._closed:
             raise PoolClosed("cannot submit: the pool was shut down")
         if os.getpid() != self._pid:
-            raise PoolClosed(
-                f"this pool belongs to process {self._pid}; a forked child cannot use it"
-            )
+            raise PoolClosed(f"this pool belongs to process {self._pid}; a forked child cannot use it")
 
     def _enqueue(
         self,

@@ -68,14 +68,11 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
         return dumps(fn)
     except Exception as exc:
         raise SerializationError(
-            f"cannot pickle the function {describe_callable(fn)}: "
-            f"{type(exc).__name__}: {exc}"
+            f"cannot pickle the function {describe_callable(fn)}: {type(exc).__name__}: {exc}"
         ) from exc
 
 
-def dumps_arguments(
-    fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> bytes:
+def dumps_arguments(fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
     """Pickle a call's arguments, in the caller, naming the one that fails."""
     try:
         return dumps((args, kwargs))

@@ -105,6 +105,7 @@ TERMINATE_GRACE = 2.0
 # The longest single wait for events; a later deadline is waited for in steps.
 MAX_WAIT = 3600.0
 
+
 class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
     """Owns the workers of one `Pool`; see the module docstring."""
 

@@ -82,9 +82,7 @@ def _run(fn: Callable[..., Any], kind: int, args_bytes: bytes) -> Any:
     return _run_chunk(fn, kind == proto.STARMAP_CHUNK, loads(args_bytes))
 
 
-def _run_chunk(
-    fn: Callable[..., Any], star: bool, items: list[Any]
-) -> tuple[list[Any], bytes | None, float]:
+def _run_chunk(fn: Callable[..., Any], star: bool, items: list[Any]) -> tuple[list[Any], bytes | None, float]:
     start = time.perf_counter()
     results = []
     try:
@@ -105,9 +103,7 @@ def _strip_own_frames(exc: BaseException) -> BaseException:
 
 
 def _failure(task_id: int, exc: BaseException) -> bytes:
-    return pickle.dumps(
-        (proto.TASK_FAILED, task_id, dumps_exception(_strip_own_frames(exc))), protocol=5
-    )
+    return pickle.dumps((proto.TASK_FAILED, task_id, dumps_exception(_strip_own_frames(exc))), protocol=5)
 
 
 class _Functions:

@@ -23,11 +23,18 @@ ROOT = TESTS.parent
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT)]))
 
 
-def pool_run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def pool_run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pool", "run", *args], input=stdin, capture_output=True, text=True,
-        env=env or ENV, cwd=cwd, timeout=120, check=False,
+        [sys.executable, "-m", "pool", "run", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        cwd=cwd,
+        timeout=120,
+        check=False,
     )
 
 
@@ -75,7 +82,9 @@ def test_text_lines_from_standard_input(tmp_path: Path) -> None:
     done = pool_run("_batch_jobs:shout", "-", "-o", str(out), "--ordered", stdin="a b\n\nc\n")
     assert done.returncode == 0, done.stderr
     assert [(r["line"], r["input"], r["result"]) for r in records(out)] == [
-        (1, "a b", "A B"), (2, "", ""), (3, "c", "C")
+        (1, "a b", "A B"),
+        (2, "", ""),
+        (3, "c", "C"),
     ]
 
 
@@ -196,11 +205,31 @@ BLOCK_AT = 2000  # the number on line 2001
 def _start_blocking_run(tmp_path: Path, extra: list[str]) -> tuple[subprocess.Popen[str], Handshake, Path]:
     source = write_lines(tmp_path / "in.txt", [str(i) for i in range(LINES)])
     handshake = Handshake(tmp_path)
-    env = dict(ENV, POOL_TEST_FIFO=handshake.path, POOL_TEST_BLOCK_AT=str(BLOCK_AT),
-               POOL_TEST_MARKER=str(tmp_path / "blocked-once"))
-    command = [sys.executable, "-m", "pool", "run", "_batch_jobs:block_once", str(source),
-               "-o", str(tmp_path / "out.jsonl"), "--workers", "2", "--sync-every", "0.01",
-               "--progress-every", "0", "--chunk", "1", *extra]
+    env = dict(
+        ENV,
+        POOL_TEST_FIFO=handshake.path,
+        POOL_TEST_BLOCK_AT=str(BLOCK_AT),
+        POOL_TEST_MARKER=str(tmp_path / "blocked-once"),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "pool",
+        "run",
+        "_batch_jobs:block_once",
+        str(source),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--workers",
+        "2",
+        "--sync-every",
+        "0.01",
+        "--progress-every",
+        "0",
+        "--chunk",
+        "1",
+        *extra,
+    ]
     caller = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     return caller, handshake, source
 
@@ -244,8 +273,15 @@ def test_a_resumed_run_ends_with_the_records_of_an_uninterrupted_one(tmp_path: P
             caller.kill()
         caller.communicate()
     out = tmp_path / "out.jsonl"
-    resumed = pool_run("_batch_jobs:block_once", str(source), "-o", str(out), "--ordered", "--resume",
-                       env=dict(ENV, POOL_TEST_MARKER=str(tmp_path / "blocked-once")))
+    resumed = pool_run(
+        "_batch_jobs:block_once",
+        str(source),
+        "-o",
+        str(out),
+        "--ordered",
+        "--resume",
+        env=dict(ENV, POOL_TEST_MARKER=str(tmp_path / "blocked-once")),
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"{BLOCK_AT:,} already done before" in resumed.stderr
     assert out.read_text().splitlines() == _clean_run(tmp_path, ["--ordered"])
@@ -263,8 +299,14 @@ def test_an_unordered_run_resumes_without_a_duplicate_or_a_gap(tmp_path: Path) -
             caller.kill()
         caller.communicate()
     out = tmp_path / "out.jsonl"
-    resumed = pool_run("_batch_jobs:block_once", str(source), "-o", str(out), "--resume",
-                       env=dict(ENV, POOL_TEST_MARKER=str(tmp_path / "blocked-once")))
+    resumed = pool_run(
+        "_batch_jobs:block_once",
+        str(source),
+        "-o",
+        str(out),
+        "--resume",
+        env=dict(ENV, POOL_TEST_MARKER=str(tmp_path / "blocked-once")),
+    )
     assert resumed.returncode == 0, resumed.stderr
     lines = [r["line"] for r in records(out)]
     assert sorted(lines) == list(range(1, LINES + 1))

@@ -42,8 +42,17 @@ def test_parse_size(text: object, size: int) -> None:
     assert parse_size("limit", text) == size
 
 
-@pytest.mark.parametrize(("value", "error"), [("lots", ValueError), ("5 XB", ValueError), (0, ValueError),
-                                             (-5, ValueError), (True, TypeError), (1.5, TypeError)])
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("lots", ValueError),
+        ("5 XB", ValueError),
+        (0, ValueError),
+        (-5, ValueError),
+        (True, TypeError),
+        (1.5, TypeError),
+    ],
+)
 def test_parse_size_rejects(value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="limit"):
         parse_size("limit", value)

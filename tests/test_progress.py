@@ -62,7 +62,13 @@ def test_the_console_script_runs_the_command(tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
     source.write_text("a\n")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
-    done = subprocess.run([str(script), "run", "_batch_jobs:shout", str(source), "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [str(script), "run", "_batch_jobs:shout", str(source), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert '"result": "A"' in (tmp_path / "in.results.jsonl").read_text()

@@ -42,7 +42,7 @@ def write_log(path: Path) -> None:
             status = rng.choice([200, 200, 200, 304, 404, 500])
             size = rng.randrange(100, 50_000)
             f.write(
-                f'{ip} - - [25/Nov/2026:10:{number // 6000 % 60:02d}:{number // 100 % 60:02d} +0000] '
+                f"{ip} - - [25/Nov/2026:10:{number // 6000 % 60:02d}:{number // 100 % 60:02d} +0000] "
                 f'"{method} {rng.choice(paths)} HTTP/1.1" {status} {size}\n'
             )
 

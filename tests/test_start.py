@@ -1,0 +1,100 @@
+"""How workers start: the default start method, and what a fresh worker runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pool
+from pool._processes import default_context
+
+ROOT = Path(__file__).parent.parent
+
+# A script without an ``if __name__ == "__main__"`` guard: under spawn, or
+# multiprocessing's own forkserver, every worker would run its top level
+# again (and fail, starting a pool while bootstrapping).
+UNGUARDED = """
+import os
+import sys
+from dataclasses import dataclass
+
+from pool import Pool
+
+with open(sys.argv[1], "a") as marks:
+    marks.write(f"{os.getpid()}\\n")
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+def swap(point):
+    return Point(point.y, point.x), os.getpid()
+
+with Pool(2) as p:
+    results = list(p.map(swap, [Point(i, -i) for i in range(50)], chunksize=1))
+    again = p.submit(swap, Point(1, 2)).result(timeout=60)
+
+assert all(type(point) is Point for point, _ in results), results
+assert [point.x for point, _ in results] == [-i for i in range(50)]
+assert again[0] == Point(2, 1)
+print(len({pid for _, pid in results} - {os.getpid()}))
+"""
+
+
+def _run_script(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(text))
+    marks = tmp_path / "marks"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, str(script), str(marks)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    return result, marks
+
+
+def test_workers_do_not_run_the_main_module_again(tmp_path: Path) -> None:
+    result, marks = _run_script(tmp_path, UNGUARDED)
+    assert result.returncode == 0, result.stderr
+    assert len(marks.read_text().splitlines()) == 1  # the caller's run, and only it
+    assert result.stdout.split() in (["1"], ["2"])  # ran in workers, not in the caller
+
+
+def test_the_default_start_method_is_safe_with_threads() -> None:
+    context = default_context()
+    assert context.get_start_method() in ("forkserver", "spawn")
+
+
+def test_importing_the_package_imports_no_runtime() -> None:
+    """``import pool`` (what every worker does) loads none of the caller's machinery."""
+    code = "import sys, pool; print(sorted(m for m in sys.modules if m.startswith('pool')))"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "['pool']"
+
+
+def test_public_names_resolve_lazily_to_their_homes() -> None:
+    for name in pool.__all__:
+        value = getattr(pool, name)
+        assert value is getattr(sys.modules[f"pool.{pool._HOMES[name]}"], name)
+    assert set(dir(pool)) >= set(pool.__all__)
+    try:
+        pool.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as error:
+        assert "NoSuchThing" in str(error)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")
