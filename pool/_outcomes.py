@@ -17,17 +17,26 @@ import logging
 from typing import Any
 
 from ._errors import SerializationError
+from ._segments import Segment, loads_out_of_band
 from ._serialize import add_note, loads, loads_exception
 from ._stats import Tally
 from ._workers import Task
 
 
-def deliver_result(task: Task, payload: bytes, tally: Tally) -> None:
-    """Unpickle a worker's result into the task's future."""
+def deliver_result(task: Task, payload: bytes, tally: Tally, segment: Segment | None = None) -> None:
+    """Unpickle a worker's result (its big buffers in ``segment``) into the task's future."""
     if task.future.done():
+        if segment is not None:
+            segment.close()
         return  # stopped by the caller meanwhile; the result is dropped
     try:
-        value = loads(payload)
+        if segment is None:
+            value = loads(payload)
+        else:
+            try:
+                value = loads_out_of_band(payload, segment.layout, segment.fd)
+            finally:
+                segment.close()
     except BaseException as exc:  # noqa: BLE001  # any unpickling failure fails the task only
         error = SerializationError(
             f"cannot unpickle the result of {task.name}: {type(exc).__name__}: {_describe(exc)}"

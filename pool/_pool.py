@@ -32,7 +32,8 @@ from ._mapping import WINDOW_PER_WORKER, ChunkedResults, Chunker, length_of, sta
 from ._memory import parse_size
 from ._processes import resolve_context
 from ._progress import progress_bar
-from ._serialize import describe_callable, dumps_arguments, dumps_function, dumps_items
+from ._segments import Segment
+from ._serialize import describe_callable, dumps_arguments, dumps_call, dumps_function, dumps_items
 from ._stats import PoolStats
 from ._supervisor import Supervisor
 from ._workers import Task
@@ -172,8 +173,10 @@ class _TaskAPI:
         pool = self._pool
         name = describe_callable(fn)
         fn_id, fn_bytes = pool._functions.lookup(fn)
-        args_bytes = dumps_arguments(name, args, kwargs)
-        return pool._enqueue(name, proto.CALL, fn_id, fn_bytes, args_bytes, self._timeout, self._retries)
+        args_bytes, segment = dumps_call(name, args, kwargs)
+        return pool._enqueue(
+            name, proto.CALL, fn_id, fn_bytes, args_bytes, self._timeout, self._retries, segment
+        )
 
     def map(
         self,
@@ -300,8 +303,8 @@ class _TaskAPI:
         task_timeout, retries = self._timeout, self._retries
 
         def submit_chunk(chunk: list[Any], first: int) -> Future[Any]:
-            args_bytes = dumps_items(name, first, chunk)
-            return pool._enqueue(name, kind, fn_id, fn_bytes, args_bytes, task_timeout, retries)
+            args_bytes, segment = dumps_items(name, first, chunk)
+            return pool._enqueue(name, kind, fn_id, fn_bytes, args_bytes, task_timeout, retries, segment)
 
         return ChunkedResults(submit_chunk, items, chunker, window, ordered, timeout)
 
@@ -479,10 +482,13 @@ class Pool(_TaskAPI, Executor):
         args_bytes: bytes,
         timeout: float | None,
         retries: int,
+        segment: Segment | None = None,
     ) -> Future[Any]:
         self._check_open()
         future: Future[Any] = Future()
-        task = Task(next(self._ids), future, name, kind, fn_id, fn_bytes, args_bytes, timeout, retries)
+        task = Task(
+            next(self._ids), future, name, kind, fn_id, fn_bytes, args_bytes, timeout, retries, segment
+        )
         self._supervisor.submit(task)
         return future
 

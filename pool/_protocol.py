@@ -9,7 +9,7 @@ what the user sent.
 
 Commands to a worker (imperative)::
 
-    (RUN_TASKS, [(task_id, kind, fn_id, fn_bytes | None, args_bytes), ...])
+    (RUN_TASKS, [(task_id, kind, fn_id, fn_bytes | None, args_bytes, layout | None), ...])
     STOP                                  # the sentinel: finish and exit
 
 ``kind`` says what ``args_bytes`` holds: CALL, ``(args, kwargs)`` for one
@@ -22,9 +22,14 @@ Events from a worker (past tense)::
 
     (WORKER_READY, pid)                   # initializer done, waiting for work
     (INIT_FAILED, exception_bytes)        # initializer raised; it exits next
-    (TASK_DONE, task_id, result_bytes)
+    (TASK_DONE, task_id, result_bytes, layout | None)
     (TASK_FAILED, task_id, exception_bytes)
     (LOG_RECORD, record_dict)             # a logging record; see _worker
+
+A ``layout`` says that the payload's big buffers are in shared memory
+(`pool._segments`): the message is followed on the socket by the segments'
+descriptors, one per task of a RUN_TASKS that has a layout, in order, or
+the one of a TASK_DONE.
 
 A worker runs the tasks it receives in order, one at a time, and sends each
 task's event as soon as the task ends. So the supervisor never needs a

@@ -17,6 +17,7 @@ its process: starting and ending those is `pool._lifecycle`'s.
 from __future__ import annotations
 
 import pickle
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _protocol as proto
 from ._outcomes import deliver_error, deliver_result, log_record
+from ._segments import Segment, receive_segments, send_segments, socket_of
 from ._serialize import loads, loads_exception
 from ._stats import Tally
 from ._workers import Task, WorkerHandle
@@ -104,15 +106,22 @@ class Routing:
 
     def _send_tasks(self, worker: WorkerHandle, tasks: list[Task], now: float) -> None:
         entries = []
+        segments = []
         for task in tasks:
             fn_bytes: bytes | None = task.fn_bytes
             if task.fn_id is not None:
                 if task.fn_id in worker.cached:
                     fn_bytes = None
                 worker.cached.touch(task.fn_id)
-            entries.append((task.id, task.kind, task.fn_id, fn_bytes, task.args_bytes))
+            layout = None
+            if task.segment is not None:
+                layout = task.segment.layout
+                segments.append(task.segment)
+            entries.append((task.id, task.kind, task.fn_id, fn_bytes, task.args_bytes, layout))
         try:
             worker.conn.send_bytes(_pickle((proto.RUN_TASKS, entries)))
+            if segments:
+                send_segments(self._socket(worker), segments)
         except OSError:
             # The worker died before it could read them (its sentinel will
             # tell us soon): these tasks never reached it, so they are not to
@@ -130,6 +139,12 @@ class Routing:
         if self._max_tasks is not None and worker.sent >= self._max_tasks:
             self._retire(worker)
 
+    @staticmethod
+    def _socket(worker: WorkerHandle) -> socket.socket:
+        if worker.sock is None:
+            worker.sock = socket_of(worker.conn)
+        return worker.sock
+
     def _send_stop(self, worker: WorkerHandle) -> None:
         worker.stopping = True
         try:
@@ -141,13 +156,22 @@ class Routing:
 
     def _receive(self, worker: WorkerHandle) -> None:
         try:
-            data = worker.conn.recv_bytes()
+            message, segment = self._read_event(worker)
         except (EOFError, OSError):
             self._drop_conn(worker)
             return
-        self._handle(worker, loads(data))
+        self._handle(worker, message, segment)
 
-    def _handle(self, worker: WorkerHandle, message: Any) -> None:
+    def _read_event(self, worker: WorkerHandle) -> tuple[Any, Segment | None]:
+        """One event, and the shared memory passed right behind it, if it names some."""
+        message = loads(worker.conn.recv_bytes())
+        if message[0] == proto.TASK_DONE and message[3] is not None:
+            (segment,) = receive_segments(self._socket(worker), 1)
+            segment.layout = message[3]
+            return message, segment
+        return message, None
+
+    def _handle(self, worker: WorkerHandle, message: Any, segment: Segment | None = None) -> None:
         tag = message[0]
         if tag in (proto.TASK_DONE, proto.TASK_FAILED):
             if not worker.outstanding or worker.outstanding[0].id != message[1]:
@@ -161,9 +185,11 @@ class Routing:
                 worker.outstanding[0].started = now
             worker.tasks_done += 1
             if tag == proto.TASK_DONE:
-                deliver_result(task, message[2], self._tally)
+                deliver_result(task, message[2], self._tally, segment)
             else:
                 deliver_error(task, message[2], worker.pid, self._tally)
+            if task.segment is not None:
+                task.segment.close()  # it ended: its arguments are not sent again
             if self._max_memory is not None and now - worker.memory_checked >= MEMORY_CHECK_INTERVAL:
                 self._check_memory(worker, now)
         elif tag == proto.LOG_RECORD:
@@ -180,7 +206,7 @@ class Routing:
             return
         try:
             while worker.conn.poll() and (running is None or self._runs(worker, running)):
-                self._handle(worker, loads(worker.conn.recv_bytes()))
+                self._handle(worker, *self._read_event(worker))
         except (EOFError, OSError):
             pass
 

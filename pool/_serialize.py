@@ -31,6 +31,7 @@ import cloudpickle
 from tblib import Traceback
 
 from ._errors import RemoteError, SerializationError
+from ._segments import Segment, dumps_out_of_band
 
 PROTOCOL = 5
 loads = pickle.loads
@@ -77,20 +78,45 @@ def dumps_arguments(fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, An
     try:
         return dumps((args, kwargs))
     except Exception as exc:
-        parts = [
-            *((f"argument {i}", a) for i, a in enumerate(args)),
-            *((f"keyword argument {k!r}", v) for k, v in kwargs.items()),
-        ]
-        raise _unpicklable(f"{fn_name}()", "its arguments", parts, exc) from exc
+        raise _unpicklable_arguments(fn_name, args, kwargs, exc) from exc
 
 
-def dumps_items(fn_name: str, first: int, items: list[Any]) -> bytes:
-    """Pickle a chunk of map items, naming the first that fails by position."""
+def dumps_call(
+    fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[bytes, Segment | None]:
+    """As `dumps_arguments`, with big buffers out of band (see `pool._segments`)."""
     try:
-        return dumps(items)
+        return dumps_out_of_band((args, kwargs), _Pickler)
+    except Exception as exc:
+        raise _unpicklable_arguments(fn_name, args, kwargs, exc) from exc
+
+
+def dumps_items(fn_name: str, first: int, items: list[Any]) -> tuple[bytes, Segment | None]:
+    """Pickle a chunk of map items, naming the first that fails by position.
+
+    Items' big buffers go out of band, except ``bytes``: looking for those
+    would cost every small item (see `pool._segments`).
+    """
+    try:
+        return dumps_out_of_band(items, _Pickler, scan=False)
     except Exception as exc:
         parts = [(f"item {first + i}", item) for i, item in enumerate(items)]
         raise _unpicklable(f"map({fn_name}, ...)", "an item", parts, exc) from exc
+
+
+def dumps_result(result: object) -> tuple[bytes, Segment | None]:
+    """Pickle a task's result in the worker, big buffers out of band."""
+    return dumps_out_of_band(result, _Pickler)
+
+
+def _unpicklable_arguments(
+    fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], exc: BaseException
+) -> SerializationError:
+    parts = [
+        *((f"argument {i}", a) for i, a in enumerate(args)),
+        *((f"keyword argument {k!r}", v) for k, v in kwargs.items()),
+    ]
+    return _unpicklable(f"{fn_name}()", "its arguments", parts, exc)
 
 
 def _unpicklable(

@@ -25,6 +25,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
 import time
@@ -33,7 +34,8 @@ from typing import Any
 
 from . import _protocol as proto
 from ._errors import SerializationError
-from ._serialize import describe_callable, drop_frames_of, dumps, dumps_exception, loads
+from ._segments import Segment, loads_out_of_band, receive_segments, send_segments, socket_of
+from ._serialize import describe_callable, drop_frames_of, dumps_exception, dumps_result, loads
 
 # Exit status of a worker whose parent vanished; nobody reads it but `ps`.
 PARENT_DIED_EXIT = 70
@@ -75,11 +77,19 @@ class _BrokenFunction:
         raise self.error
 
 
-def _run(fn: Callable[..., Any], kind: int, args_bytes: bytes) -> Any:
+def _run(fn: Callable[..., Any], kind: int, args: Any) -> Any:
     if kind == proto.CALL:
-        args, kwargs = loads(args_bytes)
-        return fn(*args, **kwargs)
-    return _run_chunk(fn, kind == proto.STARMAP_CHUNK, loads(args_bytes))
+        return fn(*args[0], **args[1])
+    return _run_chunk(fn, kind == proto.STARMAP_CHUNK, args)
+
+
+def _load_arguments(args_bytes: bytes, segment: Segment | None) -> Any:
+    if segment is None:
+        return loads(args_bytes)
+    try:
+        return loads_out_of_band(args_bytes, segment.layout, segment.fd)
+    finally:
+        segment.close()  # what it mapped outlives the descriptor
 
 
 def _run_chunk(fn: Callable[..., Any], star: bool, items: list[Any]) -> tuple[list[Any], bytes | None, float]:
@@ -132,21 +142,25 @@ class _Functions:
         return fn
 
 
-def _execute(fn: Callable[..., Any], task_id: int, kind: int, args_bytes: bytes) -> bytes:
-    """Run one task; return the event to send. Never raises."""
+def _execute(
+    fn: Callable[..., Any], task_id: int, kind: int, args_bytes: bytes, segment: Segment | None
+) -> tuple[bytes, Segment | None]:
+    """Run one task; return the event to send, and its result's big buffers. Never raises."""
     try:
-        result = _run(fn, kind, args_bytes)
+        result = _run(fn, kind, _load_arguments(args_bytes, segment))
     except BaseException as exc:  # noqa: BLE001  # SystemExit and KeyboardInterrupt fail the task only
-        return _failure(task_id, exc)
+        return _failure(task_id, exc), None
     try:
-        return pickle.dumps((proto.TASK_DONE, task_id, dumps(result)), protocol=5)
+        data, out = dumps_result(result)
     except BaseException as exc:  # noqa: BLE001  # an unpicklable result fails the task only
         error = SerializationError(
             f"cannot pickle the result of {describe_callable(fn)}, "
             f"of type {type(result).__qualname__}: {type(exc).__name__}: {exc}"
         )
         error.__cause__ = exc
-        return _failure(task_id, error)
+        return _failure(task_id, error), None
+    layout = None if out is None else out.layout
+    return pickle.dumps((proto.TASK_DONE, task_id, data, layout), protocol=5), out
 
 
 def _initialize(sender: _Sender, init: tuple[bytes, bytes]) -> None:
@@ -163,19 +177,31 @@ class _Sender:
     """The worker's one way to write to its Pipe, safe from any thread.
 
     Task threads may log while the main thread sends a result; two writers
-    without the lock would interleave their bytes.
+    without the lock would interleave their bytes. A result's shared memory
+    is passed under the same lock, right behind the message that names it.
     """
 
     def __init__(self, conn: multiprocessing.connection.Connection) -> None:
         self._conn = conn
         self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, segment: Segment | None = None) -> None:
         try:
             with self._lock:
                 self._conn.send_bytes(data)
+                if segment is not None:
+                    send_segments(self.socket(), [segment])
         except OSError:  # the supervisor is gone
             _kill_children_and_exit(PARENT_DIED_EXIT)
+        finally:
+            if segment is not None:
+                segment.close()  # the supervisor holds it now
+
+    def socket(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket_of(self._conn)
+        return self._sock
 
 
 # The name of the task running now, put on the log records it emits.
@@ -248,18 +274,36 @@ def main(
             _kill_children_and_exit(PARENT_DIED_EXIT)
         if message is proto.STOP:
             break
-        for task_id, kind, fn_id, fn_bytes, args_bytes in message[1]:
+        entries = message[1]
+        segments = _receive_segments(sender, entries)
+        for task_id, kind, fn_id, fn_bytes, args_bytes, layout in entries:
             # The reply is built and sent before the next task starts: see
             # _protocol on why this order is what blames a crash correctly.
+            segment = None
+            if layout is not None:
+                segment = segments.pop(0)
+                segment.layout = layout
             fn = functions.get(fn_id, fn_bytes)
             _current_task = describe_callable(fn)
-            reply = _execute(fn, task_id, kind, args_bytes)
+            reply, out = _execute(fn, task_id, kind, args_bytes, segment)
             _current_task = None
-            del fn
-            sender.send(reply)
-            del reply
+            del fn, segment
+            sender.send(reply, out)
+            del reply, out
             _flush_output()
     conn.close()
+
+
+def _receive_segments(sender: _Sender, entries: list[Any]) -> list[Segment]:
+    """The shared memory passed right behind a batch of tasks, one per task that has some."""
+    count = sum(1 for entry in entries if entry[5] is not None)
+    if not count:
+        return []
+    try:
+        return receive_segments(sender.socket(), count)
+    except (EOFError, OSError):
+        _kill_children_and_exit(PARENT_DIED_EXIT)
+        raise  # not reached
 
 
 def _flush_output() -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing.process
+import socket
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from . import _protocol as proto
 from ._futures import Future
+from ._segments import Segment
 
 # A worker holds at most this many tasks: the one it runs and one queued
 # behind it in its pipe, so it never waits for the supervisor between short
@@ -48,6 +50,9 @@ class Task:
     args_bytes: bytes
     timeout: float | None
     retries: int
+    # The arguments' big buffers (`pool._segments`), kept until the task
+    # ends: a retry sends them again.
+    segment: Segment | None = None
     attempts: int = 0
     # When the worker began it, by our clock: see _protocol on why the
     # oldest outstanding task is the running one.
@@ -69,6 +74,7 @@ class WorkerHandle:
         "ready",
         "rss",
         "sent",
+        "sock",
         "speed",
         "stopping",
         "tasks_done",
@@ -78,6 +84,7 @@ class WorkerHandle:
     def __init__(self, process: multiprocessing.process.BaseProcess, conn: Any) -> None:
         self.process = process
         self.conn = conn
+        self.sock: socket.socket | None = None  # on conn's socket, to pass descriptors
         self.pid: int | None = process.pid
         self.ready = False
         self.stopping = False

@@ -247,3 +247,48 @@ def print_then_die(text: str) -> NoReturn:
     os.kill(os.getpid(), signal.SIGKILL)
     threading.Event().wait()
     raise AssertionError("unreachable")
+
+
+def big_bytes(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes, the same for the same seed, not all alike."""
+    block = bytes((seed + i) % 251 for i in range(4096))
+    return (block * (size // 4096 + 1))[:size]
+
+
+def open_segments(_: object = None) -> int:
+    """How many shared-memory segments of the pool's this process holds open."""
+    return count_segments(os.getpid())
+
+
+def count_segments(pid: int) -> int:
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if "memfd:pool-buffers" in os.readlink(f"/proc/{pid}/fd/{name}"):
+                count += 1
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
+def describe_buffers(value: Any) -> tuple[str, int, int]:
+    """The type, length and checksum of what arrived."""
+    import zlib
+
+    return type(value).__name__, len(value), zlib.crc32(value)
+
+
+def add_one_in_place(array: Any) -> Any:
+    array += 1
+    return array
+
+
+def die_once_holding(marker: str, data: bytes) -> int:
+    """Kill the worker the first time (per marker file); the length of ``data`` after."""
+    die_once(marker)
+    return len(data)
+
+
+def die_holding(data: bytes) -> NoReturn:
+    """Kill the worker, with ``data`` as its argument."""
+    always_die()

@@ -1,0 +1,168 @@
+"""Big buffers travel out of band, through shared memory, and nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _tasks import (
+    add_one_in_place,
+    big_bytes,
+    count_segments,
+    describe_buffers,
+    die_holding,
+    die_once_holding,
+    identity,
+    open_segments,
+)
+from conftest import close
+
+from pool import Pool, SerializationError, WorkerLost
+from pool import _segments as segments
+from pool._serialize import _Pickler
+
+pytestmark = pytest.mark.skipif(not segments.AVAILABLE, reason="needs memfd_create and descriptor passing")
+
+MIB = 2**20
+
+
+@pytest.fixture
+def pool() -> Iterator[Pool]:
+    p = Pool(2)
+    try:
+        yield p
+    finally:
+        close(p)
+    assert count_segments(os.getpid()) == 0
+
+
+def _worker_segments(p: Pool) -> list[int]:
+    return [count_segments(pid) for pid in (w.pid for w in p.stats().workers) if pid is not None]
+
+
+# --- the format ---------------------------------------------------------------
+
+
+def test_small_payloads_stay_in_the_pickle() -> None:
+    data, segment = segments.dumps_out_of_band((b"x" * 1000, bytearray(10), [1, 2]), _Pickler)
+    assert segment is None
+    assert segments.loads_out_of_band(data, (), -1) == (b"x" * 1000, bytearray(10), [1, 2])
+
+
+def test_big_buffers_leave_the_pickle_and_come_back_equal() -> None:
+    blob = big_bytes(3 * MIB)
+    value = {"header": "h", "blob": blob, "list": [1, bytearray(blob[: MIB + 5])]}
+    data, segment = segments.dumps_out_of_band(value, _Pickler)
+    assert segment is not None
+    assert len(data) < 1000  # only references in the pickle
+    assert [how for _, _, how in segment.layout] == [segments.BYTES, segments.BYTEARRAY]
+    try:
+        back = segments.loads_out_of_band(data, segment.layout, segment.fd)
+    finally:
+        segment.close()
+    assert back == value
+    assert type(back["blob"]) is bytes and type(back["list"][1]) is bytearray
+
+
+def test_bytes_deep_in_an_object_stay_in_the_pickle_but_arrive() -> None:
+    deep = [[[[big_bytes(MIB)]]]]
+    data, segment = segments.dumps_out_of_band(deep, _Pickler)
+    assert segment is None
+    assert segments.loads_out_of_band(data, (), -1) == deep
+
+
+def test_the_same_buffer_twice_is_stored_once_and_shared_again() -> None:
+    blob = big_bytes(MIB)
+    data, segment = segments.dumps_out_of_band((blob, blob), _Pickler)
+    assert segment is not None
+    try:
+        assert len(segment.layout) == 1  # pickle's memo sees the second as the first
+        first, second = segments.loads_out_of_band(data, segment.layout, segment.fd)
+    finally:
+        segment.close()
+    assert first is second and first == blob
+
+
+# --- through a pool -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_big_arguments_and_results_round_trip(pool: Pool, kind: type) -> None:
+    blob = kind(big_bytes(8 * MIB, seed=3))
+    back = pool.submit(identity, blob).result(timeout=60)
+    assert type(back) is kind and back == blob
+    # The worker saw what was sent, and kept no segment open after the task.
+    assert pool.submit(describe_buffers, blob).result(timeout=60) == (
+        kind.__name__,
+        len(blob),
+        zlib.crc32(blob),
+    )
+    assert pool.submit(open_segments).result(timeout=60) == 0
+
+
+def test_results_made_in_the_worker_arrive_whole(pool: Pool) -> None:
+    sizes = [segments.OUT_OF_BAND_MIN - 1, segments.OUT_OF_BAND_MIN, 5 * MIB + 3]
+    futures = [pool.submit(big_bytes, size, seed) for seed, size in enumerate(sizes)]
+    assert [f.result(timeout=60) for f in futures] == [big_bytes(s, seed) for seed, s in enumerate(sizes)]
+    assert count_segments(os.getpid()) == 0
+
+
+def test_many_big_tasks_at_once_keep_their_own_buffers(pool: Pool) -> None:
+    blobs = [big_bytes(MIB, seed) for seed in range(12)]
+    futures = [pool.submit(identity, (i, blob)) for i, blob in enumerate(blobs)]
+    assert [f.result(timeout=60) for f in futures] == list(enumerate(blobs))
+    assert sum(_worker_segments(pool)) == 0
+
+
+def test_numpy_arrays_arrive_writable_and_private(pool: Pool) -> None:
+    np = pytest.importorskip("numpy")
+    array = np.arange(2 * MIB, dtype=np.int64)
+    back = pool.submit(add_one_in_place, array).result(timeout=60)
+    assert back.flags.writeable
+    assert (back == array + 1).all()
+    assert (array == np.arange(2 * MIB)).all()  # the caller's array is not the worker's
+    back += 1  # the caller may write to what it got
+    assert int(back[0]) == 2
+    mapped = list(pool.map(add_one_in_place, [array, array[::-1].copy()], chunksize=2))
+    assert (mapped[0] == array + 1).all() and (mapped[1] == array[::-1] + 1).all()
+
+
+def test_a_retried_task_gets_its_big_arguments_again(pool: Pool, tmp_path: Path) -> None:
+    blob = big_bytes(4 * MIB)
+    future = pool.options(retries=1).submit(die_once_holding, str(tmp_path / "marker"), blob)
+    assert future.result(timeout=60) == len(blob)
+
+
+def test_a_worker_that_dies_with_big_arguments_leaks_nothing(pool: Pool) -> None:
+    blob = big_bytes(4 * MIB)
+    with pytest.raises(WorkerLost):
+        pool.submit(die_holding, blob).result(timeout=60)
+    assert pool.submit(identity, 1).result(timeout=60) == 1
+    assert count_segments(os.getpid()) == 0
+
+
+def test_unpicklable_arguments_with_big_buffers_fail_in_the_caller(pool: Pool) -> None:
+    import threading
+
+    with pytest.raises(SerializationError, match="argument 1"):
+        pool.submit(identity, big_bytes(2 * MIB), threading.Lock())  # type: ignore[call-arg]
+    assert count_segments(os.getpid()) == 0
+
+
+def test_without_a_descriptor_left_big_buffers_travel_in_the_pickle() -> None:
+    import resource
+
+    blob = big_bytes(MIB)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+    try:
+        data, segment = segments.dumps_out_of_band(blob, _Pickler)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert segment is None
+    assert segments.loads_out_of_band(data, (), -1) == blob
