@@ -28,7 +28,7 @@ from ._outcomes import deliver_error, deliver_result, log_record
 from ._segments import Segment, receive_segments, send_segments, socket_of
 from ._serialize import loads, loads_exception
 from ._stats import Tally
-from ._workers import Task, WorkerHandle
+from ._workers import PIPE_BUDGET, Task, WorkerHandle, task_size
 
 # Measure a worker's memory (with its children) at most this often, after it
 # answers a task. Each look reads /proc for the whole process tree.
@@ -45,6 +45,9 @@ class Routing:
     _clock: Callable[[], float]
     _lock: threading.Lock
     _pending: deque[Task]
+    _lent: list[WorkerHandle]
+    _closing: bool
+    _broken: BaseException | None
     _tally: Tally
     _workers: list[WorkerHandle]
     _by_conn: dict[Any, WorkerHandle]
@@ -105,21 +108,9 @@ class Routing:
         return best
 
     def _send_tasks(self, worker: WorkerHandle, tasks: list[Task], now: float) -> None:
-        entries = []
-        segments = []
-        for task in tasks:
-            fn_bytes: bytes | None = task.fn_bytes
-            if task.fn_id is not None:
-                if task.fn_id in worker.cached:
-                    fn_bytes = None
-                worker.cached.touch(task.fn_id)
-            layout = None
-            if task.segment is not None:
-                layout = task.segment.layout
-                segments.append(task.segment)
-            entries.append((task.id, task.kind, task.fn_id, fn_bytes, task.args_bytes, layout))
+        segments = [task.segment for task in tasks if task.segment is not None]
         try:
-            worker.conn.send_bytes(_pickle((proto.RUN_TASKS, entries)))
+            worker.conn.send_bytes(_encode(worker, tasks))
             if segments:
                 send_segments(self._socket(worker), segments)
         except OSError:
@@ -130,14 +121,53 @@ class Routing:
             with self._lock:
                 self._pending.extendleft(reversed(tasks))
             return
-        for task in tasks:
-            task.attempts += 1
-        if not worker.outstanding:
-            tasks[0].started = now
-        worker.outstanding.extend(tasks)
-        worker.sent += len(tasks)
+        _record_sent(worker, tasks, now)
         if self._max_tasks is not None and worker.sent >= self._max_tasks:
             self._retire(worker)
+
+    # --- direct dispatch ----------------------------------------------------
+    #
+    # A task submitted while a worker sits idle and nothing waits would cost
+    # two thread switches here: the caller wakes this thread, which sends it.
+    # Instead, right before it waits for events, this thread lends its idle
+    # workers to callers (`_lend`); a caller's submit that finds one sends
+    # its task to it itself, and records it exactly as `_send_tasks` would
+    # (`_send_direct`). All of it under ``_lock``, and this thread takes its
+    # workers back (`_reclaim`), under ``_lock``, as soon as it wakes, before
+    # it touches any worker's state. So a worker's state has one writer at a
+    # time: this thread, or, while it waits, the callers one by one. Only
+    # tasks this thread need not watch go direct: no timeout (a deadline
+    # would not be in the wait already begun), no shared memory, small.
+
+    def _lend(self) -> None:
+        with self._lock:
+            if self._pending or self._closing or self._broken is not None or self._max_tasks is not None:
+                return
+            self._lent.extend(w for w in self._workers if not w.outstanding and w.usable())
+
+    def _reclaim(self) -> None:
+        with self._lock:
+            self._lent.clear()
+
+    def _send_direct(self, task: Task) -> bool:
+        """Send ``task`` to a lent worker, in the caller's thread (``_lock`` held); False if it may not."""
+        if (
+            not self._lent
+            or self._pending
+            or task.timeout is not None
+            or task.segment is not None
+            or task_size(task) > PIPE_BUDGET
+        ):
+            return False
+        worker = self._lent.pop()
+        task.future._start()  # fresh, not yet returned to anyone: it cannot be cancelled
+        try:
+            worker.conn.send_bytes(_encode(worker, [task]))
+        except OSError:
+            worker.unreachable = True  # dead or dying: its sentinel tells this thread
+            return False
+        _record_sent(worker, [task], self._clock())
+        return True
 
     @staticmethod
     def _socket(worker: WorkerHandle) -> socket.socket:
@@ -213,6 +243,29 @@ class Routing:
     @staticmethod
     def _runs(worker: WorkerHandle, task: Task) -> bool:
         return bool(worker.outstanding) and worker.outstanding[0] is task
+
+
+def _encode(worker: WorkerHandle, tasks: list[Task]) -> bytes:
+    """The RUN_TASKS message for ``tasks``, each function's bytes only if the worker lacks it."""
+    entries = []
+    for task in tasks:
+        fn_bytes: bytes | None = task.fn_bytes
+        if task.fn_id is not None:
+            if task.fn_id in worker.cached:
+                fn_bytes = None
+            worker.cached.touch(task.fn_id)
+        layout = None if task.segment is None else task.segment.layout
+        entries.append((task.id, task.kind, task.fn_id, fn_bytes, task.args_bytes, layout))
+    return _pickle((proto.RUN_TASKS, entries))
+
+
+def _record_sent(worker: WorkerHandle, tasks: list[Task], now: float) -> None:
+    for task in tasks:
+        task.attempts += 1
+    if not worker.outstanding:
+        tasks[0].started = now
+    worker.outstanding.extend(tasks)
+    worker.sent += len(tasks)
 
 
 def _pickle(obj: object) -> bytes:

@@ -41,12 +41,16 @@ its methods come from one module per job, each a mixin working on the state
 - ``_deadlines``: the nearest deadline to wait for, and what is due then;
 - ``_census``: the census behind `Pool.stats`.
 
-Who touches what: only this thread reads and writes the parent's end of a
-worker's Pipe and starts, kills and joins workers; only worker i uses the
-other end (its threads share it under a lock). Caller threads only append to
+Who touches what: only this thread reads the parent's end of a worker's
+Pipe and starts, kills and joins workers; only worker i uses the other end
+(its threads share it under a lock). Caller threads only append to
 ``pending`` or ``requests`` (under ``_lock``), take never-started tasks out of
 ``pending`` to cancel them (``shutdown``, ``clear``; under ``_lock``), and
-write one byte to the wake pipe. Whatever else a caller wants of the
+write one byte to the wake pipe. One exception, for latency: while this
+thread waits, a caller may send a task straight to a worker it lent them
+because it is idle, and record it as this thread would, under ``_lock``
+(direct dispatch, in ``_routing``); this thread takes the worker back
+under ``_lock`` before it touches it again. Whatever else a caller wants of the
 workers' state (stop a running task, a census for `Pool.stats`) is a
 request this thread runs between two events (`Supervisor._ask`). No queue
 is shared with a worker, so no lock can be left held by a worker that dies.
@@ -131,6 +135,8 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
 
         self._lock = threading.Lock()
         self._pending: deque[Task] = deque()
+        # Idle workers a caller may send one task to itself (see _routing).
+        self._lent: list[WorkerHandle] = []
         self._closing = False
         self._aborting = False
         self._broken: BaseException | None = None
@@ -167,8 +173,10 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
                 raise PoolClosed("cannot submit: the pool was shut down")
             if self._broken is not None:
                 raise copy_error(self._broken)
-            self._pending.append(task)
             self._tally.submitted += 1
+            if self._lent and self._send_direct(task):
+                return
+            self._pending.append(task)
             self._wake()
 
     def shutdown(self, cancel_futures: bool) -> None:
@@ -347,7 +355,11 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
         deadline = self._next_deadline(now)
         # Capped: a far deadline (a timeout of weeks) overflows the selector.
         timeout = None if deadline is None else min(max(0.0, deadline - now), MAX_WAIT)
-        ready = [key.fileobj for key, _ in self._selector.select(timeout)]
+        self._lend()
+        try:
+            ready = [key.fileobj for key, _ in self._selector.select(timeout)]
+        finally:
+            self._reclaim()
         dead: list[WorkerHandle] = []
         for obj in ready:
             if obj == self._wake_r:

@@ -128,9 +128,10 @@ class WorkerHandle:
         if not self.outstanding:
             return True  # idle: it reads the whole batch in one message before it runs any
         # Busy: all but the running task may still sit unread in the pipe.
-        unread = sum(_size(t) for t in itertools.islice(self.outstanding, 1, None))
-        return unread + sum(_size(t) for t in batch) + _size(task) <= PIPE_BUDGET
+        unread = sum(task_size(t) for t in itertools.islice(self.outstanding, 1, None))
+        return unread + sum(task_size(t) for t in batch) + task_size(task) <= PIPE_BUDGET
 
 
-def _size(task: Task) -> int:
+def task_size(task: Task) -> int:
+    """The bytes a task puts in a pipe, at most."""
     return len(task.args_bytes) + len(task.fn_bytes)

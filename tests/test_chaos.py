@@ -469,3 +469,41 @@ def test_kills_of_starting_workers_do_not_break_the_pool(tmp_path: Path) -> None
         assert healthy in worker_pids(p)
     finally:
         _shutdown(p)
+
+
+@pytest.mark.parametrize("threads_n", [1, 4])
+def test_callers_one_task_at_a_time_under_kills(threads_n: int) -> None:
+    """Each caller waits for its task before the next: most go straight to an idle
+    worker from the caller's thread (see pool._routing, direct dispatch), while
+    workers are killed under them. Every task returns its own result."""
+    per_thread, kills = 600 // threads_n, 6
+    with Pool(WORKERS) as p:
+        killer = Killer(p, every=40, max_kills=kills, seed=11).start()
+        view = p.options(retries=kills + 1)
+        results: dict[int, list[int]] = {}
+        errors: list[BaseException] = []
+
+        def caller(base: int) -> None:
+            try:
+                out = results.setdefault(base, [])
+                for i in range(per_thread):
+                    future = view.submit(add, base, i)
+                    future.add_done_callback(killer.tick)
+                    out.append(future.result(timeout=RESULT_TIMEOUT))
+            except BaseException as exc:  # reported by the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller, args=(1000 * t,)) for t in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(RESULT_TIMEOUT * 2)
+        assert not any(thread.is_alive() for thread in threads)
+        killer.wait_attempts(kills)  # owed by the ticks, made while the callers ran or just after
+        killer.stop()
+        assert not errors, errors
+        for base, out in results.items():
+            assert out == [base + i for i in range(per_thread)]
+        assert p.submit(add, 1, 2).result(timeout=RESULT_TIMEOUT) == 3
+        stats = p.stats()
+        assert stats.done == threads_n * per_thread + 1
