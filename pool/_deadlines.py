@@ -35,7 +35,7 @@ class Deadlines:
 
     if TYPE_CHECKING:  # defined by the other parts of Supervisor
 
-        def _drain(self, worker: WorkerHandle, running: Task | None = None) -> None: ...
+        def _drain(self, worker: WorkerHandle) -> None: ...
         @staticmethod
         def _runs(worker: WorkerHandle, task: Task) -> bool: ...
         def _end_running(self, worker: WorkerHandle) -> Task: ...
@@ -61,7 +61,7 @@ class Deadlines:
             if task.timeout is None or task.started is None or now < task.started + task.timeout:
                 continue
             # Its result may already be in the pipe: a finished task is not late.
-            self._drain(worker, running=task)
+            self._drain(worker)
             if self._runs(worker, task):
                 self._end_running(worker)
                 fail(task, TaskTimeout(task.name, task.timeout, worker.pid), self._tally)

@@ -35,8 +35,6 @@ from ._errors import InitializerFailed, WorkerLost, describe_exit
 from ._memory import OomWatch, tree_rss
 from ._outcomes import fail
 from ._processes import kill_all, kill_tree, signals_unblocked
-from ._segments import AVAILABLE as segments_available
-from ._segments import socket_of
 from ._stats import Tally
 from ._workers import Task, WorkerHandle
 
@@ -84,7 +82,7 @@ class WorkerLifecycle:
     if TYPE_CHECKING:  # defined by the other parts of Supervisor
 
         def _send_stop(self, worker: WorkerHandle) -> None: ...
-        def _drain(self, worker: WorkerHandle, running: Task | None = None) -> None: ...
+        def _drain(self, worker: WorkerHandle) -> None: ...
         def _cancel_taken(self, task: Task) -> bool: ...
 
     # --- starting ----------------------------------------------------------
@@ -119,8 +117,6 @@ class WorkerLifecycle:
             child_conn.close()
         self.spawned += 1
         worker = WorkerHandle(process, parent_conn)
-        if segments_available:  # made now: a descriptor short later must not cut a worker off
-            worker.sock = socket_of(parent_conn)
         worker.oom_kills = self._oom.count()
         self._workers.append(worker)
         self._watch(parent_conn, self._by_conn, worker)
@@ -282,8 +278,8 @@ class WorkerLifecycle:
         self._unwatch(worker.conn, self._by_conn)
         self._unwatch(worker.process.sentinel, self._by_sentinel)
         worker.conn.close()
-        if worker.sock is not None:
-            worker.sock.close()
+        worker.sock.close()
+        worker.reader.close()
         try:
             worker.process.close()
         except ValueError:  # still running: leave it to the garbage collector

@@ -17,7 +17,6 @@ its process: starting and ending those is `pool._lifecycle`'s.
 from __future__ import annotations
 
 import pickle
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _protocol as proto
 from ._outcomes import deliver_error, deliver_result, log_record
-from ._segments import Segment, receive_segments, send_segments, socket_of
+from ._segments import Segment, send_segments
 from ._serialize import loads, loads_exception
 from ._stats import Tally
 from ._workers import PIPE_BUDGET, Task, WorkerHandle, task_size
@@ -112,7 +111,7 @@ class Routing:
         try:
             worker.conn.send_bytes(_encode(worker, tasks))
             if segments:
-                send_segments(self._socket(worker), segments)
+                send_segments(worker.sock, segments)
         except OSError:
             # The worker died before it could read them (its sentinel will
             # tell us soon): these tasks never reached it, so they are not to
@@ -169,12 +168,6 @@ class Routing:
         _record_sent(worker, [task], self._clock())
         return True
 
-    @staticmethod
-    def _socket(worker: WorkerHandle) -> socket.socket:
-        if worker.sock is None:
-            worker.sock = socket_of(worker.conn)
-        return worker.sock
-
     def _send_stop(self, worker: WorkerHandle) -> None:
         worker.stopping = True
         try:
@@ -186,20 +179,24 @@ class Routing:
 
     def _receive(self, worker: WorkerHandle) -> None:
         try:
-            message, segment = self._read_event(worker)
+            frames = worker.reader.read()
         except (EOFError, OSError):
             self._drop_conn(worker)
             return
-        self._handle(worker, message, segment)
+        self._handle_frames(worker, frames)
 
-    def _read_event(self, worker: WorkerHandle) -> tuple[Any, Segment | None]:
-        """One event, and the shared memory passed right behind it, if it names some."""
-        message = loads(worker.conn.recv_bytes())
-        if message[0] == proto.TASK_DONE and message[3] is not None:
-            (segment,) = receive_segments(self._socket(worker), 1)
-            segment.layout = message[3]
-            return message, segment
-        return message, None
+    def _handle_frames(self, worker: WorkerHandle, frames: list[bytes]) -> None:
+        for frame in frames:
+            message = loads(frame)
+            segment = None
+            if message[0] == proto.TASK_DONE and message[3] is not None:
+                # The result's shared memory came attached to this frame.
+                try:
+                    segment = Segment(worker.reader.take_fd(), message[3])
+                except OSError:
+                    self._drop_conn(worker)
+                    return
+            self._handle(worker, message, segment)
 
     def _handle(self, worker: WorkerHandle, message: Any, segment: Segment | None = None) -> None:
         tag = message[0]
@@ -230,15 +227,10 @@ class Routing:
         elif tag == proto.INIT_FAILED:
             worker.init_error = loads_exception(message[1])
 
-    def _drain(self, worker: WorkerHandle, running: Task | None = None) -> None:
-        """Handle the events already in the worker's pipe (while ``running`` still runs)."""
-        if worker.conn not in self._by_conn:
-            return
-        try:
-            while worker.conn.poll() and (running is None or self._runs(worker, running)):
-                self._handle(worker, *self._read_event(worker))
-        except (EOFError, OSError):
-            pass
+    def _drain(self, worker: WorkerHandle) -> None:
+        """Handle the events already in the worker's pipe."""
+        if worker.conn in self._by_conn:
+            self._handle_frames(worker, worker.reader.read_all())
 
     @staticmethod
     def _runs(worker: WorkerHandle, task: Task) -> bool:

@@ -17,6 +17,7 @@ quick to start, and it keeps its own promises:
 
 from __future__ import annotations
 
+import array
 import faulthandler
 import io
 import logging
@@ -34,7 +35,8 @@ from typing import Any
 
 from . import _protocol as proto
 from ._errors import SerializationError
-from ._segments import Segment, loads_out_of_band, receive_segments, send_segments, socket_of
+from ._frames import frame_header
+from ._segments import Segment, loads_out_of_band, receive_segments, socket_of
 from ._serialize import describe_callable, drop_frames_of, dumps_exception, dumps_result, loads
 
 # Exit status of a worker whose parent vanished; nobody reads it but `ps`.
@@ -178,7 +180,7 @@ class _Sender:
 
     Task threads may log while the main thread sends a result; two writers
     without the lock would interleave their bytes. A result's shared memory
-    is passed under the same lock, right behind the message that names it.
+    is passed attached to the message that names it.
     """
 
     def __init__(self, conn: multiprocessing.connection.Connection) -> None:
@@ -189,14 +191,23 @@ class _Sender:
     def send(self, data: bytes, segment: Segment | None = None) -> None:
         try:
             with self._lock:
-                self._conn.send_bytes(data)
-                if segment is not None:
-                    send_segments(self.socket(), [segment])
+                if segment is None:
+                    self._conn.send_bytes(data)
+                else:
+                    self._send_attached(data, segment.fd)
         except OSError:  # the supervisor is gone
             _kill_children_and_exit(PARENT_DIED_EXIT)
         finally:
             if segment is not None:
                 segment.close()  # the supervisor holds it now
+
+    def _send_attached(self, data: bytes, fd: int) -> None:
+        """One frame as ``send_bytes`` makes it, the descriptor attached (see `pool._frames`)."""
+        frame = frame_header(len(data)) + data
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        sent = self.socket().sendmsg([frame], rights)
+        if sent < len(frame):
+            self.socket().sendall(memoryview(frame)[sent:])
 
     def socket(self) -> socket.socket:
         if self._sock is None:

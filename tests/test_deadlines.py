@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,18 @@ class FakeProcess:
 
 
 class FakeConn:
+    """A worker's end of a pipe with nothing in it."""
+
+    def __init__(self) -> None:
+        self._ends = socket.socketpair()
+
+    def fileno(self) -> int:
+        return self._ends[0].fileno()
+
+    def close(self) -> None:
+        for end in self._ends:
+            end.close()
+
     def poll(self, timeout: float = 0.0) -> bool:
         return False
 
@@ -52,6 +65,9 @@ def supervisor(clock: Clock) -> Iterator[Supervisor]:
     s._kill = s.killed.append  # type: ignore[attr-defined, method-assign]
     yield s
     s.shutdown(cancel_futures=True)
+    for worker in s._workers:  # the fakes: no supervisor thread forgets them
+        worker.sock.close()
+        worker.conn.close()
 
 
 def _running(supervisor: Supervisor, started: float, timeout: float | None, queued: int = 0) -> WorkerHandle:

@@ -1,0 +1,129 @@
+"""A worker's events, read from its socket many at a time.
+
+The worker writes each event as ``Connection.send_bytes`` frames it (a 4-byte
+big-endian length, or -1 and an 8-byte length, then the bytes). Reading
+them with ``Connection.recv_bytes`` costs two system calls per event (the
+length, then the bytes) and blocks the supervisor until a big event has
+arrived whole. `FrameReader` instead takes whatever the socket holds in one
+``recvmsg``, which under load is several events, and keeps a partial event
+for the next time the socket is readable, so one big result never holds
+up the other workers.
+
+Descriptors: a worker passes a result's shared memory (`pool._segments`)
+attached to the frame that names it. ``recvmsg`` is the one way to read
+them; a plain read would drop them. They queue here, in order, and the
+supervisor takes one for each event that says it has one.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+from collections import deque
+
+__all__ = ["FrameReader", "frame_header"]
+
+# One read takes at most this much, or what the event being read still lacks.
+READ_SIZE = 64 * 1024
+# A read ends at the frame that carries descriptors (Linux never mixes two
+# writers' descriptors in one read), and a worker attaches at most one.
+_FDS_SPACE = socket.CMSG_SPACE(8 * array.array("i").itemsize)
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+
+
+def frame_header(length: int) -> bytes:
+    """The header ``Connection.send_bytes`` puts before ``length`` bytes."""
+    if length > 0x7FFFFFFF:
+        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(length)
+    return _LENGTH.pack(length)
+
+
+class FrameReader:
+    """Whole frames and passed descriptors from one socket, read without blocking."""
+
+    __slots__ = ("_buffer", "_fds", "_need", "_scratch", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self._need = 4  # bytes the buffer must hold before the next frame can be cut
+        self._fds: deque[int] = deque()
+        self._scratch = bytearray(READ_SIZE)
+
+    def read(self) -> list[bytes]:
+        """The frames completed by what the socket holds now (maybe none).
+
+        Raises EOFError once the other end closed, OSError if it broke.
+        """
+        self._fill()
+        return self._cut()
+
+    def read_all(self) -> list[bytes]:
+        """Every whole frame the socket still holds (of a worker that just died)."""
+        try:
+            while self._fill():
+                pass
+        except (EOFError, OSError):
+            pass
+        return self._cut()
+
+    def take_fd(self) -> int:
+        """The next descriptor passed, in the order they came."""
+        if not self._fds:
+            raise OSError("an event named shared memory the worker did not pass")
+        return self._fds.popleft()
+
+    def close(self) -> None:
+        """Close the descriptors received and never taken."""
+        while self._fds:
+            os.close(self._fds.popleft())
+
+    def _fill(self) -> bool:
+        """Read what the socket holds into the buffer; False if it held nothing."""
+        # Into a buffer kept for it: a fresh one per read, above malloc's
+        # mmap threshold, costs a map, page faults and an unmap each time.
+        missing = self._need - len(self._buffer)
+        into = self._scratch if missing <= READ_SIZE else bytearray(missing)
+        try:
+            count, ancillary, flags, _ = self._sock.recvmsg_into(
+                [into], _FDS_SPACE, socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+            )
+        except (BlockingIOError, InterruptedError):
+            return False
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                self._fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise OSError("descriptors passed by the worker were cut off")
+        if not count:
+            raise EOFError
+        self._buffer += memoryview(into)[:count]
+        return True
+
+    def _cut(self) -> list[bytes]:
+        frames = []
+        buffer = self._buffer
+        start, end = 0, len(buffer)
+        self._need = 4
+        while end - start >= 4:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            header = 4
+            if length == -1:
+                if end - start < 12:
+                    self._need = 12
+                    break
+                (length,) = _LONG_LENGTH.unpack_from(buffer, start + 4)
+                header = 12
+            if end - start < header + length:
+                self._need = header + length
+                break
+            frames.append(bytes(buffer[start + header : start + header + length]))
+            start += header + length
+        if start:
+            del buffer[:start]
+        return frames
