@@ -14,8 +14,11 @@ import pytest
 from pool._frames import READ_SIZE, FrameReader, frame_header
 
 
+Ends = tuple[Connection, socket.socket, FrameReader]
+
+
 @pytest.fixture
-def ends() -> Iterator[tuple[Connection, socket.socket, FrameReader]]:
+def ends() -> Iterator[Ends]:
     """A worker's end as a Connection, and the supervisor's socket and reader."""
     worker, supervisor = socket.socketpair()
     conn = Connection(worker.detach())
@@ -35,7 +38,7 @@ def _read_until(reader: FrameReader, count: int) -> list[bytes]:
     return frames
 
 
-def test_many_small_events_in_one_read(ends: tuple[Connection, socket.socket, FrameReader]) -> None:
+def test_many_small_events_in_one_read(ends: Ends) -> None:
     conn, _, reader = ends
     sent = [bytes([i]) * i for i in range(50)]
     for data in sent:
@@ -45,7 +48,7 @@ def test_many_small_events_in_one_read(ends: tuple[Connection, socket.socket, Fr
 
 
 def test_an_event_bigger_than_a_read_arrives_whole(
-    ends: tuple[Connection, socket.socket, FrameReader],
+    ends: Ends,
 ) -> None:
     conn, _, reader = ends
     big = os.urandom(5 * READ_SIZE + 17)
@@ -57,8 +60,8 @@ def test_an_event_bigger_than_a_read_arrives_whole(
         writer.join(60)
 
 
-def test_a_header_split_across_reads(ends: tuple[Connection, socket.socket, FrameReader]) -> None:
-    conn, supervisor, reader = ends
+def test_a_header_split_across_reads(ends: Ends) -> None:
+    conn, _, reader = ends
     frame = frame_header(6) + b"abcdef"
     raw = socket.socket(fileno=os.dup(conn.fileno()))
     try:
@@ -86,7 +89,7 @@ def test_the_long_header_of_send_bytes() -> None:
 
 
 def test_descriptors_come_in_order_with_their_frames(
-    ends: tuple[Connection, socket.socket, FrameReader],
+    ends: Ends,
 ) -> None:
     conn, _, reader = ends
     raw = socket.socket(fileno=os.dup(conn.fileno()))
@@ -113,7 +116,7 @@ def test_descriptors_come_in_order_with_their_frames(
             os.close(fd)
 
 
-def test_end_of_stream_after_the_last_events(ends: tuple[Connection, socket.socket, FrameReader]) -> None:
+def test_end_of_stream_after_the_last_events(ends: Ends) -> None:
     conn, _, reader = ends
     conn.send_bytes(b"last")
     conn.send_bytes(b"partial")
