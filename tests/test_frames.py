@@ -13,7 +13,6 @@ import pytest
 
 from pool._frames import READ_SIZE, FrameReader, frame_header
 
-
 Ends = tuple[Connection, socket.socket, FrameReader]
 
 
