@@ -39,6 +39,7 @@ import mmap
 import os
 import pickle
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,7 @@ Layout = tuple[tuple[int, int, int], ...]
 # ``return header, data``, at a fraction of a microsecond for small objects.
 _SCAN_DEPTH = 3
 _SCAN_ITEMS = 16
+_CONTAINERS = frozenset({tuple, list, dict})
 
 
 class Segment:
@@ -109,6 +111,10 @@ class _Collector:
         # same bytes twice is stored once, and comes back as one object.
         self._ids: dict[int, int] = {}
 
+    def reset(self) -> None:
+        self.buffers = []
+        self._ids = {}
+
     def callback(self, buffer: pickle.PickleBuffer) -> bool:
         try:
             raw = buffer.raw()
@@ -138,27 +144,73 @@ def dumps_out_of_band(
     ``scan`` looks for big ``bytes`` (see the module docstring); map chunks
     of many small items skip it.
     """
-    file = io.BytesIO()
     if not AVAILABLE:
+        file = io.BytesIO()
         pickler(file, protocol=5).dump(obj)
         return file.getvalue(), None
-    collector = _Collector()
     if scan and _holds_big_bytes(obj, _SCAN_DEPTH):
+        file = io.BytesIO()
+        collector = _Collector()
         instance = _with_bytes_ids(pickler)(file, protocol=5, buffer_callback=collector.callback)
         instance.collector = collector  # type: ignore[attr-defined]
+        instance.dump(obj)
+        data = file.getvalue()
     else:
-        instance = pickler(file, protocol=5, buffer_callback=collector.callback)
-    instance.dump(obj)
+        reused = _take_pickler(pickler)
+        file, instance, collector = reused
+        instance.dump(obj)  # on an error the pickler is dropped, not reused
+        data = file.getvalue()
+        buffers = collector.buffers
+        _give_back(pickler, reused)
+        collector = _Collector()
+        collector.buffers = buffers
     if not collector.buffers:
-        return file.getvalue(), None
+        return data, None
     try:
-        return file.getvalue(), _write(collector.buffers)
+        return data, _write(collector.buffers)
     except OSError:
         # No memory or no descriptor left for a segment (thousands of big
         # tasks queued): the buffers travel in the pickle, as without one.
         file = io.BytesIO()
         pickler(file, protocol=5).dump(obj)
         return file.getvalue(), None
+
+
+# A pickler per thread and class, kept between calls: making one (cloudpickle's
+# is Python code) costs three times what pickling a small call then does.
+# Taken out while in use, so a nested call (user code run while pickling)
+# makes its own.
+_Reused = tuple[io.BytesIO, pickle.Pickler, _Collector]
+_local = threading.local()
+# A pickle bigger than this leaves its pickler unkept: its file holds the memory.
+_KEEP_BELOW = 1 << 20
+
+
+def _take_pickler(pickler: Callable[..., pickle.Pickler]) -> _Reused:
+    kept: dict[Any, _Reused] | None = getattr(_local, "picklers", None)
+    if kept is None:
+        kept = _local.picklers = {}
+    reused = kept.pop(pickler, None)
+    if reused is None:
+        file = io.BytesIO()
+        collector = _Collector()
+        reused = (file, pickler(file, protocol=5, buffer_callback=collector.callback), collector)
+    return reused
+
+
+def _give_back(pickler: Callable[..., pickle.Pickler], reused: _Reused) -> None:
+    file, instance, collector = reused
+    if file.tell() > _KEEP_BELOW:
+        return
+    file.seek(0)
+    file.truncate()
+    instance.clear_memo()
+    # cloudpickle shares module globals between the functions of one pickle.
+    shared = getattr(instance, "globals_ref", None)
+    if isinstance(shared, dict):
+        shared.clear()
+    collector.reset()
+    _local.picklers[pickler] = reused
 
 
 @functools.cache
@@ -179,15 +231,22 @@ def _holds_big_bytes(obj: object, depth: int) -> bool:
     kind = type(obj)
     if kind is bytes or kind is bytearray:
         return len(obj) >= OUT_OF_BAND_MIN  # type: ignore[arg-type]
-    if depth == 0:
-        return False
-    if kind is tuple or kind is list:
-        items = obj[:_SCAN_ITEMS]  # type: ignore[index]
-    elif kind is dict:
-        items = list(obj.values())[:_SCAN_ITEMS]  # type: ignore[attr-defined]
+    if kind is dict:
+        items: Any = obj.values()  # type: ignore[attr-defined]
+    elif kind is tuple or kind is list:
+        items = obj
     else:
         return False
-    return any(_holds_big_bytes(item, depth - 1) for item in items)
+    for looked, item in enumerate(items, 1):
+        kind = type(item)
+        if kind is bytes or kind is bytearray:
+            if len(item) >= OUT_OF_BAND_MIN:
+                return True
+        elif depth > 1 and kind in _CONTAINERS and _holds_big_bytes(item, depth - 1):
+            return True
+        if looked == _SCAN_ITEMS:
+            return False
+    return False
 
 
 def _write(buffers: list[tuple[memoryview, int]]) -> Segment:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,8 +146,6 @@ def test_a_worker_that_dies_with_big_arguments_leaks_nothing(pool: Pool) -> None
 
 
 def test_unpicklable_arguments_with_big_buffers_fail_in_the_caller(pool: Pool) -> None:
-    import threading
-
     with pytest.raises(SerializationError, match="argument 1"):
         pool.submit(identity, big_bytes(2 * MIB), threading.Lock())  # type: ignore[call-arg]
     assert count_segments(os.getpid()) == 0
@@ -166,3 +165,62 @@ def test_without_a_descriptor_left_big_buffers_travel_in_the_pickle() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert segment is None
     assert segments.loads_out_of_band(data, (), -1) == blob
+
+
+# --- the picklers kept between calls ------------------------------------------------
+
+
+class _PicklesWhilePickled:
+    """Pickling it pickles something else first, with the same kept pickler."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __reduce__(self) -> tuple[object, ...]:
+        nested, segment = segments.dumps_out_of_band(("nested", self.inner), _Pickler)
+        assert segment is None
+        return (_loads_nested, (nested,))
+
+
+def _loads_nested(data: bytes) -> object:
+    return segments.loads_out_of_band(data, (), -1)
+
+
+def test_each_pickle_stands_alone() -> None:
+    shared = ["the same list", {"a": 1}]
+    first, _ = segments.dumps_out_of_band((shared, shared), _Pickler)
+    second, _ = segments.dumps_out_of_band((shared, 2), _Pickler)  # no memo left from the first
+    assert segments.loads_out_of_band(second, (), -1) == (shared, 2)
+    a, b = segments.loads_out_of_band(first, (), -1)
+    assert a == shared and a is b
+
+
+def test_pickling_inside_pickling_and_after_a_failure() -> None:
+    data, _ = segments.dumps_out_of_band([1, _PicklesWhilePickled({"x": [2, 3]}), 4], _Pickler)
+    assert segments.loads_out_of_band(data, (), -1) == [1, ("nested", {"x": [2, 3]}), 4]
+    with pytest.raises(TypeError):
+        segments.dumps_out_of_band(("fine", threading.Lock()), _Pickler)
+    data, _ = segments.dumps_out_of_band(("fine", 5), _Pickler)
+    assert segments.loads_out_of_band(data, (), -1) == ("fine", 5)
+
+
+def test_threads_pickle_at_once() -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def pickle_many(seed: int) -> None:
+        try:
+            start.wait(30)
+            for i in range(2000):
+                value = (seed, i, [seed] * (i % 7), {"k": str(i)})
+                data, _ = segments.dumps_out_of_band(value, _Pickler)
+                assert segments.loads_out_of_band(data, (), -1) == value
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=pickle_many, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
