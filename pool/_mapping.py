@@ -78,13 +78,12 @@ def length_of(iterables: tuple[Iterable[Any], ...]) -> int | None:
         return None
 
 
-class ChunkedResults(Iterator[Any]):
+class ChunkedResults:
     """Results of a chunked map, in input order or as they complete.
 
     The first window is submitted when the object is made, so work starts at
-    the call as with ``Executor.map``; the rest as the caller consumes.
-    Closing it, or dropping it once iteration began (``break``), cancels the
-    chunks not started. Dropped before its first item, it cancels nothing, as
+    the call as with ``Executor.map``; the rest as the caller consumes
+    (`chunks`). Dropped before its first item, it cancels nothing, as
     ProcessPoolExecutor's ``map``: code that maps for the side effects and
     never iterates still gets its work done.
     """
@@ -109,9 +108,7 @@ class ChunkedResults(Iterator[Any]):
         self._position: dict[Future[Any], int] = {}
         self._next_item = 0
         self._exhausted = False
-        self._current: Iterator[Any] = iter(())
         self._closed = False
-        self._iterated = False
         self._input_error: Exception | None = None
         self._primed = False
         self._top_up()
@@ -183,35 +180,32 @@ class ChunkedResults(Iterator[Any]):
         self._in_flight.remove(future)
         return future
 
-    def __next__(self) -> Any:
-        self._iterated = True
-        while True:
-            try:
-                return next(self._current)
-            except StopIteration:
-                pass
-            except BaseException:  # an item raised: the map ends there, as Executor.map does
-                self.close()
-                raise
-            if self._closed or not self._in_flight:
-                self.close()
-                error, self._input_error = self._input_error, None
-                if error is not None:
-                    raise error
-                raise StopIteration
-            try:
+    def chunks(self) -> Iterator[Iterable[Any]]:
+        """Each chunk's results, in turn: for ``itertools.chain.from_iterable``.
+
+        The caller's loop then takes each item in C, not through a Python
+        ``__next__``: per item that was most of a tiny map's time in this
+        process. Closed or dropped once started (``break``), it cancels the
+        chunks not started; an item that raised, a timeout or Ctrl-C end it.
+        """
+        try:
+            while not self._closed and self._in_flight:
                 future = self._next_done()
                 results, error, seconds = future.result()
-            except BaseException:
-                self.close()
-                raise
-            first = self._position.pop(future)
-            self._chunker.observe(len(results) + (error is not None), seconds)
-            if error is not None:
-                self._current = _then_raise(results, error, first + len(results))
-            else:
+                first = self._position.pop(future)
+                self._chunker.observe(len(results) + (error is not None), seconds)
+                if error is not None:
+                    # The map ends at the item that raised, as Executor.map's does.
+                    self.close()
+                    yield _then_raise(results, error, first + len(results))
+                    return
                 self._top_up()
-                self._current = iter(results)
+                yield results
+            error, self._input_error = self._input_error, None
+            if error is not None:
+                raise error
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Stop: cancel every chunk that has not started."""
@@ -219,10 +213,6 @@ class ChunkedResults(Iterator[Any]):
         for future in self._in_flight:
             future.cancel()
         self._in_flight.clear()
-
-    def __del__(self) -> None:
-        if self._iterated:
-            self.close()
 
 
 def _then_raise(results: list[Any], error: bytes, position: int) -> Iterator[Any]:

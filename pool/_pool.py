@@ -306,7 +306,8 @@ class _TaskAPI:
             args_bytes, segment = dumps_items(name, first, chunk)
             return pool._enqueue(name, kind, fn_id, fn_bytes, args_bytes, task_timeout, retries, segment)
 
-        return ChunkedResults(submit_chunk, items, chunker, window, ordered, timeout)
+        chunks = ChunkedResults(submit_chunk, items, chunker, window, ordered, timeout).chunks()
+        return itertools.chain.from_iterable(chunks)
 
 
 class PoolView(_TaskAPI):
