@@ -164,7 +164,7 @@ class Run:
                         initargs=(spec.kind, spec.fn, spec.timeout, spec.name),
                     )
                 )
-            self._run_chunk = [pool._functions.lookup(_stage.run_chunk) for pool in self._pools]
+            self._run_chunk = [pool._functions.lookup(_stage.run_chunk)[:2] for pool in self._pools]
             for pool in self._pools:
                 # Every stage's workers start now, together: started at a stage's
                 # first chunk, the starts would add up along the chain.

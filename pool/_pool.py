@@ -126,25 +126,27 @@ class _FunctionTable:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: OrderedDict[int, tuple[object, int, bytes]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[object, int, bytes, str]] = OrderedDict()
         self._ids = itertools.count()
 
-    def lookup(self, fn: Callable[..., Any]) -> tuple[int | None, bytes]:
+    def lookup(self, fn: Callable[..., Any]) -> tuple[int | None, bytes, str]:
+        """``fn``'s id in the workers' caches (None if it is not cached), its bytes and its name."""
         if not _cacheable(fn):
-            return None, dumps_function(fn)
+            return None, dumps_function(fn), describe_callable(fn)
         key = id(fn)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry[0] is fn:
                 self._entries.move_to_end(key)
-                return entry[1], entry[2]
+                return entry[1], entry[2], entry[3]
         data = dumps_function(fn)
+        name = describe_callable(fn)
         with self._lock:
             fn_id = next(self._ids)
-            self._entries[key] = (fn, fn_id, data)  # holding fn keeps id(fn) unique
+            self._entries[key] = (fn, fn_id, data, name)  # holding fn keeps id(fn) unique
             if len(self._entries) > self.SIZE:
                 self._entries.popitem(last=False)
-        return fn_id, data
+        return fn_id, data, name
 
 
 def _cacheable(fn: object) -> bool:
@@ -171,8 +173,7 @@ class _TaskAPI:
         """
         _check_callable(fn)
         pool = self._pool
-        name = describe_callable(fn)
-        fn_id, fn_bytes = pool._functions.lookup(fn)
+        fn_id, fn_bytes, name = pool._functions.lookup(fn)
         args_bytes, segment = dumps_call(name, args, kwargs)
         return pool._enqueue(
             name, proto.CALL, fn_id, fn_bytes, args_bytes, self._timeout, self._retries, segment
@@ -298,8 +299,7 @@ class _TaskAPI:
     ) -> Iterator[Any]:
         pool = self._pool
         pool._check_open()
-        name = describe_callable(fn)
-        fn_id, fn_bytes = pool._functions.lookup(fn)
+        fn_id, fn_bytes, name = pool._functions.lookup(fn)
         task_timeout, retries = self._timeout, self._retries
 
         def submit_chunk(chunk: list[Any], first: int) -> Future[Any]:

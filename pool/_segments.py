@@ -155,6 +155,7 @@ def dumps_out_of_band(
         instance.collector = collector  # type: ignore[attr-defined]
         instance.dump(obj)
         data = file.getvalue()
+        buffers = collector.buffers
     else:
         reused = _take_pickler(pickler)
         file, instance, collector = reused
@@ -162,12 +163,10 @@ def dumps_out_of_band(
         data = file.getvalue()
         buffers = collector.buffers
         _give_back(pickler, reused)
-        collector = _Collector()
-        collector.buffers = buffers
-    if not collector.buffers:
+    if not buffers:
         return data, None
     try:
-        return data, _write(collector.buffers)
+        return data, _write(buffers)
     except OSError:
         # No memory or no descriptor left for a segment (thousands of big
         # tasks queued): the buffers travel in the pickle, as without one.
@@ -207,9 +206,10 @@ def _give_back(pickler: Callable[..., pickle.Pickler], reused: _Reused) -> None:
     instance.clear_memo()
     # cloudpickle shares module globals between the functions of one pickle.
     shared = getattr(instance, "globals_ref", None)
-    if isinstance(shared, dict):
+    if shared:
         shared.clear()
-    collector.reset()
+    if collector.buffers:
+        collector.reset()
     _local.picklers[pickler] = reused
 
 
