@@ -49,10 +49,20 @@ class Census:
             else:
                 cancelled += 1  # by its caller; dropped (and counted) in _dispatch
         workers = tuple(self._workers)
+        running = 0
+        for worker in workers:
+            # A worker runs its oldest task; those behind it in its pipe wait.
+            for index, task in enumerate(worker.outstanding):
+                if task.future.done():
+                    continue
+                if index == 0 and not worker.doomed:
+                    running += 1
+                else:
+                    queued += 1
         return PoolStats(
             submitted=submitted,
             queued=queued,
-            running=sum(1 for w in workers for t in w.outstanding if not t.future.done()),
+            running=running,
             done=self._tally.done,
             failed=dict(self._tally.failed),
             cancelled=cancelled,

@@ -22,10 +22,12 @@ import os
 import socket
 import struct
 from collections import deque
+from typing import Any
 
 __all__ = ["FrameReader", "frame_header"]
 
-# One read takes at most this much, or what the event being read still lacks.
+# One read takes at most this much; a frame bigger than that is read straight
+# into a buffer of its own size.
 READ_SIZE = 64 * 1024
 # A read ends at the frame that carries descriptors (Linux never mixes two
 # writers' descriptors in one read), and a worker attaches at most one.
@@ -44,14 +46,16 @@ def frame_header(length: int) -> bytes:
 class FrameReader:
     """Whole frames and passed descriptors from one socket, read without blocking."""
 
-    __slots__ = ("_buffer", "_fds", "_need", "_scratch", "_sock")
+    __slots__ = ("_big", "_big_got", "_buffer", "_fds", "_scratch", "_sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._buffer = bytearray()
-        self._need = 4  # bytes the buffer must hold before the next frame can be cut
+        self._buffer = bytearray()  # whole frames and the start of the next
         self._fds: deque[int] = deque()
         self._scratch = bytearray(READ_SIZE)
+        # A frame bigger than one read is read straight into its own buffer.
+        self._big: bytearray | None = None
+        self._big_got = 0
 
     def read(self) -> list[bytes]:
         """The frames completed by what the socket holds now (maybe none).
@@ -63,12 +67,13 @@ class FrameReader:
 
     def read_all(self) -> list[bytes]:
         """Every whole frame the socket still holds (of a worker that just died)."""
+        frames: list[bytes] = []
         try:
             while self._fill():
-                pass
+                frames += self._cut()
         except (EOFError, OSError):
             pass
-        return self._cut()
+        return frames + self._cut()
 
     def take_fd(self) -> int:
         """The next descriptor passed, in the order they came."""
@@ -82,11 +87,10 @@ class FrameReader:
             os.close(self._fds.popleft())
 
     def _fill(self) -> bool:
-        """Read what the socket holds into the buffer; False if it held nothing."""
+        """Read what the socket holds; False if it held nothing."""
         # Into a buffer kept for it: a fresh one per read, above malloc's
         # mmap threshold, costs a map, page faults and an unmap each time.
-        missing = self._need - len(self._buffer)
-        into = self._scratch if missing <= READ_SIZE else bytearray(missing)
+        into = self._scratch if self._big is None else memoryview(self._big)[self._big_got :]
         try:
             count, ancillary, flags, _ = self._sock.recvmsg_into(
                 [into], _FDS_SPACE, socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
@@ -102,25 +106,37 @@ class FrameReader:
             raise OSError("descriptors passed by the worker were cut off")
         if not count:
             raise EOFError
-        self._buffer += memoryview(into)[:count]
+        if self._big is None:
+            self._buffer += memoryview(into)[:count]
+        else:
+            self._big_got += count
         return True
 
     def _cut(self) -> list[bytes]:
-        frames = []
+        frames: list[Any] = []
+        if self._big is not None:
+            if self._big_got < len(self._big):
+                return frames
+            frames.append(self._big)  # a bytearray: pickle reads it as it is, no copy
+            self._big = None
         buffer = self._buffer
         start, end = 0, len(buffer)
-        self._need = 4
         while end - start >= 4:
             (length,) = _LENGTH.unpack_from(buffer, start)
             header = 4
             if length == -1:
                 if end - start < 12:
-                    self._need = 12
                     break
                 (length,) = _LONG_LENGTH.unpack_from(buffer, start + 4)
                 header = 12
             if end - start < header + length:
-                self._need = header + length
+                if length > READ_SIZE:
+                    # The rest of the buffer is this frame's start: it moves to a
+                    # buffer of the frame's size, which the next reads fill.
+                    self._big = bytearray(length)
+                    self._big_got = end - start - header
+                    self._big[: self._big_got] = buffer[start + header : end]
+                    start = end
                 break
             frames.append(bytes(buffer[start + header : start + header + length]))
             start += header + length

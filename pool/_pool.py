@@ -30,10 +30,10 @@ from ._errors import PoolClosed
 from ._futures import Future
 from ._mapping import WINDOW_PER_WORKER, ChunkedResults, Chunker, length_of, static_chunksize
 from ._memory import parse_size
-from ._processes import resolve_context
 from ._progress import progress_bar
 from ._segments import Segment
 from ._serialize import describe_callable, dumps_arguments, dumps_call, dumps_function, dumps_items
+from ._start import resolve_context
 from ._stats import PoolStats
 from ._supervisor import Supervisor
 from ._workers import Task

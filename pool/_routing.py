@@ -16,6 +16,7 @@ its process: starting and ending those is `pool._lifecycle`'s.
 
 from __future__ import annotations
 
+import concurrent.futures
 import pickle
 import threading
 from collections import deque
@@ -45,6 +46,7 @@ class Routing:
     _lock: threading.Lock
     _pending: deque[Task]
     _lent: list[WorkerHandle]
+    _requests: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
     _closing: bool
     _broken: BaseException | None
     _tally: Tally
@@ -57,6 +59,8 @@ class Routing:
         def _retire(self, worker: WorkerHandle) -> None: ...
         def _check_memory(self, worker: WorkerHandle, now: float) -> None: ...
         def _drop_conn(self, worker: WorkerHandle) -> None: ...
+        def _kill(self, worker: WorkerHandle) -> None: ...
+        def _wake(self) -> None: ...
 
     # --- dispatch and commands ---------------------------------------------
 
@@ -159,14 +163,28 @@ class Routing:
         ):
             return False
         worker = self._lent.pop()
-        task.future._start()  # fresh, not yet returned to anyone: it cannot be cancelled
         try:
             worker.conn.send_bytes(_encode(worker, [task]))
+            task.future._start()  # fresh, not yet returned to anyone: it cannot be cancelled
+            _record_sent(worker, [task], self._clock())
         except OSError:
-            worker.unreachable = True  # dead or dying: its sentinel tells this thread
+            # Dead or dying: the task never reached it, and runs elsewhere.
+            self._discard_lent(worker)
             return False
-        _record_sent(worker, [task], self._clock())
+        except BaseException:
+            # Interrupted (Ctrl-C lands in the caller's thread) between marking
+            # the function sent and recording the task: what the worker got
+            # is unknown, so it is ended, and what it held runs elsewhere.
+            self._discard_lent(worker)
+            raise
         return True
+
+    def _discard_lent(self, worker: WorkerHandle) -> None:
+        """Have this thread kill a lent worker a caller could not send to, or left half changed."""
+        worker.doomed = True
+        worker.unreachable = True
+        self._requests.append((lambda: self._kill(worker), concurrent.futures.Future()))
+        self._wake()
 
     def _send_stop(self, worker: WorkerHandle) -> None:
         worker.stopping = True
@@ -186,8 +204,11 @@ class Routing:
         self._handle_frames(worker, frames)
 
     def _handle_frames(self, worker: WorkerHandle, frames: list[bytes]) -> None:
-        for frame in frames:
-            message = loads(frame)
+        messages = [loads(frame) for frame in frames]
+        # Tasks whose ends arrived together took the time since the first of
+        # them started together: each is timed as its share of it.
+        ended = sum(1 for message in messages if message[0] in (proto.TASK_DONE, proto.TASK_FAILED))
+        for message in messages:
             segment = None
             if message[0] == proto.TASK_DONE and message[3] is not None:
                 # The result's shared memory came attached to this frame.
@@ -196,17 +217,20 @@ class Routing:
                 except OSError:
                     self._drop_conn(worker)
                     return
-            self._handle(worker, message, segment)
+            self._handle(worker, message, segment, ended)
+            if message[0] in (proto.TASK_DONE, proto.TASK_FAILED):
+                ended = 0
 
-    def _handle(self, worker: WorkerHandle, message: Any, segment: Segment | None = None) -> None:
+    def _handle(self, worker: WorkerHandle, message: Any, segment: Segment | None, ended: int) -> None:
+        """One event; ``ended`` tasks ended with it (0 once its read's share was timed)."""
         tag = message[0]
         if tag in (proto.TASK_DONE, proto.TASK_FAILED):
             if not worker.outstanding or worker.outstanding[0].id != message[1]:
                 return  # a late event for a task that already timed out
             task = worker.outstanding.popleft()
             now = self._clock()
-            if task.started is not None:
-                elapsed = now - task.started
+            if ended and task.started is not None:
+                elapsed = (now - task.started) / ended
                 worker.speed = elapsed if worker.speed is None else 0.8 * worker.speed + 0.2 * elapsed
             if worker.outstanding:
                 worker.outstanding[0].started = now

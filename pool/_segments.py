@@ -55,6 +55,16 @@ __all__ = [
 
 OUT_OF_BAND_MIN = 256 * 1024
 
+# Segments this process made and holds at most. Each is a descriptor until
+# its task ends, and thousands of big tasks queued would otherwise use up
+# the process's descriptors (1,024 by default) and fail unrelated opens;
+# past this many, buffers travel in the pickle. One token per live segment:
+# list appends and pops are atomic, so no lock (a Segment may close from a
+# garbage collection in any thread, even one inside this module).
+MAX_LIVE = 64
+_NAME = "pool-buffers"  # as /proc shows a segment's descriptor: /memfd:pool-buffers
+_live: list[None] = []
+
 AVAILABLE = hasattr(os, "memfd_create") and hasattr(socket, "send_fds") and hasattr(mmap, "MAP_PRIVATE")
 
 # How a buffer is stored in a segment, and so how it is read back.
@@ -80,16 +90,19 @@ class Segment:
     Owns its descriptor: `close` (or garbage collection) gives it back.
     """
 
-    __slots__ = ("fd", "layout")
+    __slots__ = ("counted", "fd", "layout")
 
-    def __init__(self, fd: int, layout: Layout) -> None:
+    def __init__(self, fd: int, layout: Layout, *, counted: bool = False) -> None:
         self.fd = fd
         self.layout = layout
+        self.counted = counted  # made here: one of `MAX_LIVE`
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+            if self.counted:
+                _live.pop()
 
     def __del__(self) -> None:
         self.close()
@@ -144,7 +157,7 @@ def dumps_out_of_band(
     ``scan`` looks for big ``bytes`` (see the module docstring); map chunks
     of many small items skip it.
     """
-    if not AVAILABLE:
+    if not AVAILABLE or len(_live) >= MAX_LIVE:
         file = io.BytesIO()
         pickler(file, protocol=5).dump(obj)
         return file.getvalue(), None
@@ -250,7 +263,7 @@ def _holds_big_bytes(obj: object, depth: int) -> bool:
 
 
 def _write(buffers: list[tuple[memoryview, int]]) -> Segment:
-    fd = os.memfd_create("pool-buffers", os.MFD_CLOEXEC)
+    fd = os.memfd_create(_NAME, os.MFD_CLOEXEC)
     try:
         layout = []
         offset = 0
@@ -263,7 +276,8 @@ def _write(buffers: list[tuple[memoryview, int]]) -> Segment:
     except BaseException:
         os.close(fd)
         raise
-    return Segment(fd, tuple(layout))
+    _live.append(None)
+    return Segment(fd, tuple(layout), counted=True)
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
@@ -331,6 +345,25 @@ def _read_into(fd: int, view: memoryview, offset: int) -> None:
                 f"shared-memory segment ends at {offset + done}, expected {offset + view.nbytes} bytes"
             )
         done += count
+
+
+def close_inherited() -> None:
+    """Close the segments this process got by ``fork`` from its parent.
+
+    ``MFD_CLOEXEC`` closes them across an exec, not a fork: a worker forked
+    (``mp_context="fork"``) while big tasks wait would hold their memory for
+    its whole life.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # not Linux: memfd_create is Linux's anyway
+        return
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith(f"/memfd:{_NAME}"):
+                os.close(int(name))
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
 
 
 # --- passing descriptors ----------------------------------------------------------

@@ -54,9 +54,10 @@ class PoolStats:
 
     ``submitted`` counts tasks ever submitted: one per ``submit``, one per
     chunk of a ``map``. Each of them is, at that moment, in exactly one of:
-    ``queued`` (waiting to be sent to a worker, including a task put back
-    to run again after its worker died), ``running`` (sent to a worker:
-    the task it runs, and after short tasks maybe one more in its pipe),
+    ``queued`` (waiting: to be sent to a worker, including a task put back
+    to run again after its worker died, or in a worker's pipe behind the
+    task it runs, as short tasks are sent ahead), ``running`` (the task
+    each worker runs),
     ``done`` (ended with a result), ``failed`` (ended with an exception:
     a dict from the exception type's name to a count, such as
     ``{"ValueError": 2, "WorkerLost": 1, "TaskTimeout": 1}``) or

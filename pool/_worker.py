@@ -36,7 +36,7 @@ from typing import Any
 from . import _protocol as proto
 from ._errors import SerializationError
 from ._frames import frame_header
-from ._segments import Segment, loads_out_of_band, receive_segments, socket_of
+from ._segments import Segment, close_inherited, loads_out_of_band, receive_segments, socket_of
 from ._serialize import describe_callable, drop_frames_of, dumps_exception, dumps_result, loads
 
 # Exit status of a worker whose parent vanished; nobody reads it but `ps`.
@@ -268,6 +268,7 @@ def main(
     """The worker's life: initialize, announce, serve until the sentinel."""
     global _current_task
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    close_inherited()  # under fork: the parent's queued tasks' shared memory
     faulthandler.enable()
     threading.Thread(target=_watch_parent, name="pool-parent-watchdog", daemon=True).start()
     sender = _Sender(conn)

@@ -292,3 +292,9 @@ def die_once_holding(marker: str, data: bytes) -> int:
 def die_holding(data: bytes) -> NoReturn:
     """Kill the worker, with ``data`` as its argument."""
     always_die()
+
+
+def read_fifo(path: str) -> str:
+    """Block until the test writes a line to the FIFO at ``path``; return it."""
+    with open(path) as fifo:
+        return fifo.readline().strip()

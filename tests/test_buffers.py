@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import zlib
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from _tasks import (
     die_once_holding,
     identity,
     open_segments,
+    read_fifo,
 )
 from conftest import close
 
@@ -224,3 +226,36 @@ def test_threads_pickle_at_once() -> None:
     for thread in threads:
         thread.join(60)
     assert not errors, errors
+
+
+def test_big_tasks_queued_by_the_hundred_hold_few_descriptors(pool: Pool, tmp_path: Path) -> None:
+    gates = [tmp_path / f"gate{i}" for i in range(2)]
+    for gate in gates:
+        os.mkfifo(gate)
+    blocked = [pool.submit(read_fifo, str(gate)) for gate in gates]  # both workers wait
+    blobs = [big_bytes(segments.OUT_OF_BAND_MIN, seed) for seed in range(3 * segments.MAX_LIVE)]
+    futures = [pool.submit(identity, blob) for blob in blobs]
+    assert count_segments(os.getpid()) == segments.MAX_LIVE  # the rest went in the pickle
+    for gate in gates:
+        with open(gate, "w") as fifo:
+            fifo.write("go\n")
+    assert [f.result(timeout=60) for f in blocked] == ["go", "go"]
+    assert [f.result(timeout=60) for f in futures] == blobs
+    assert count_segments(os.getpid()) == 0
+
+
+def test_a_worker_forked_while_big_tasks_wait_holds_none_of_their_memory(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    with Pool(1, mp_context="fork") as p:
+        blocked = p.options(retries=0).submit(read_fifo, str(gate))
+        waiting = [p.submit(describe_buffers, big_bytes(2 * MIB, seed)) for seed in range(6)]
+        assert count_segments(os.getpid()) == 6
+        with open(gate, "w"):  # opened once the worker has it open: it runs the first task
+            (pid,) = [w.pid for w in p.stats().workers]
+            os.kill(pid, signal.SIGKILL)  # its replacement is forked now, with 6 segments open here
+        with pytest.raises(WorkerLost):
+            blocked.result(timeout=60)
+        assert [f.result(timeout=60)[1] for f in waiting] == [2 * MIB] * 6
+        assert p.submit(open_segments).result(timeout=60) == 0
+    assert count_segments(os.getpid()) == 0

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
+import threading
 from pathlib import Path
 
+import pytest
 from _tasks import exit_once, identity, make_bytes, sleep_then, square
 
 from pool import Future, Pool, WorkerLost
 from pool._supervisor import Supervisor
-from pool._workers import PIPE_BUDGET, Task
+from pool._workers import PIPE_BUDGET, Task, WorkerHandle
 
 
 def _warm(p: Pool) -> None:
@@ -67,3 +70,83 @@ def test_cancel_futures_keeps_tasks_that_are_already_running_for_their_caller() 
     assert queued.cancelled()
     assert not running.done()
     assert [t.future for t in supervisor._pending] == [running]
+
+
+# --- direct dispatch (see pool._routing) -------------------------------------------
+
+
+class _BrokenConn:
+    """A lent worker's pipe whose other end is gone."""
+
+    def __init__(self) -> None:
+        self._ends = socket.socketpair()
+
+    def fileno(self) -> int:
+        return self._ends[0].fileno()
+
+    def send_bytes(self, data: bytes) -> None:
+        raise BrokenPipeError("the worker is gone")
+
+    def close(self) -> None:
+        for end in self._ends:
+            end.close()
+
+
+class _FakeProcess:
+    pid = 4242
+    exitcode = None
+    sentinel = -1
+
+
+def test_a_failed_direct_send_leaves_the_task_waiting_and_the_worker_ended() -> None:
+    supervisor = Supervisor(
+        max_workers=1, context=multiprocessing.get_context("spawn"), init=None, max_tasks_per_child=None
+    )
+    worker = WorkerHandle(_FakeProcess(), _BrokenConn())  # type: ignore[arg-type]
+    worker.ready = True
+    try:
+        future: Future[int] = Future()
+        task = Task(1, future, "square", 0, None, b"fn", b"args", None, 0)
+        with supervisor._lock:
+            supervisor._lent.append(worker)
+            assert not supervisor._send_direct(task)
+        assert not future.running() and not future.done()  # still waiting: it can be cancelled
+        assert future.cancel()
+        assert not worker.outstanding and task.attempts == 0
+        assert worker.doomed and not worker.usable()
+        assert len(supervisor._requests) == 1  # this worker's end, for the supervisor to carry out
+    finally:
+        supervisor.shutdown(cancel_futures=True)
+        worker.sock.close()
+        worker.conn.close()
+
+
+def test_ctrl_c_during_a_direct_send_ends_the_worker_and_loses_no_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C lands in the caller's thread, which now sends tasks itself: the worker
+    it may have left with half a message is replaced, and the pool carries on."""
+    import pool._routing as routing
+
+    real = routing._record_sent
+    raised: list[bool] = []
+
+    def interrupted(*args: object) -> None:
+        if threading.current_thread() is threading.main_thread() and not raised:
+            raised.append(True)
+            raise KeyboardInterrupt  # as a signal handler would, right after the send
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(routing, "_record_sent", interrupted)
+    with Pool(1) as p:
+        for _ in range(1000):  # until a submit finds the worker idle and sends directly
+            try:
+                assert p.submit(square, 3).result(timeout=60) == 9
+            except KeyboardInterrupt:
+                break
+        assert raised
+        assert [p.submit(square, i).result(timeout=60) for i in range(20)] == [i * i for i in range(20)]
+        stats = p.stats()
+        assert stats.restarts == 1
+        # The replacement serves; the ended worker may still be on its way out.
+        assert sorted(w.state for w in stats.workers) in (["idle"], ["idle", "stopping"])

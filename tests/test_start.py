@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pool
-from pool._processes import default_context
+from pool._start import default_context
 
 ROOT = Path(__file__).parent.parent
 
@@ -98,3 +98,15 @@ def test_public_names_resolve_lazily_to_their_homes() -> None:
         assert "NoSuchThing" in str(error)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def _loaded_in_worker() -> tuple[bool, list[str]]:
+    return "psutil" in sys.modules, sorted(m for m in sys.modules if m.startswith("pool"))
+
+
+def test_a_fresh_worker_imports_only_the_worker_side() -> None:
+    with pool.Pool(1) as p:
+        psutil_loaded, modules = p.submit(_loaded_in_worker).result(timeout=60)
+    assert not psutil_loaded
+    assert "pool._supervisor" not in modules and "pool._pipeline" not in modules
+    assert "pool._worker" in modules
