@@ -1,11 +1,12 @@
 """What crosses the workers' pipes: tasks and commands out, events back.
 
-Part of `Supervisor` (see the diagram in `pool._supervisor`), run only by
-its thread, on the state `Supervisor.__init__` sets up. Dispatch takes the
+Part of `Supervisor` (see the diagram in `pool._supervisor`), run by its
+thread (and `_send_direct` by callers', see "direct dispatch" below), on the
+state `Supervisor.__init__` sets up. Dispatch takes the
 queued tasks in order and sends each batch to the least-loaded worker that
 may take it (`WorkerHandle.accepts`: the pipe must never fill while the
-worker may be blocked writing to us); routing reads a worker's events and
-ends the futures they answer (`pool._outcomes`), notes a worker ready, and
+worker may be blocked writing to us); routing reads a worker's events,
+many at a time (`pool._frames`), and ends the futures they answer (`pool._outcomes`), notes a worker ready, and
 keeps the running task's start time, which the deadlines read. The message
 formats are in `pool._protocol`.
 
