@@ -6,9 +6,10 @@ state `Supervisor.__init__` sets up. Dispatch takes the
 queued tasks in order and sends each batch to the least-loaded worker that
 may take it (`WorkerHandle.accepts`: the pipe must never fill while the
 worker may be blocked writing to us); routing reads a worker's events,
-many at a time (`pool._frames`), and ends the futures they answer (`pool._outcomes`), notes a worker ready, and
-keeps the running task's start time, which the deadlines read. The message
-formats are in `pool._protocol`.
+many at a time (`pool._frames`), and ends the futures they answer
+(`pool._outcomes`), notes a worker ready, and keeps the running task's
+start time, which the deadlines read. The message formats are in
+`pool._protocol`.
 
 Apart because this is the hot path, where a task's round trip spends its
 time in this thread, and it reaches a worker only through its Pipe, never
@@ -72,17 +73,6 @@ class Routing:
         with self._lock:
             while self._pending:
                 task = self._pending[0]
-                # A caller's future.cancel() of a queued task runs in the
-                # caller's thread, in concurrent.futures, and tells us
-                # nothing. It is counted here, where the task leaves the
-                # queue, and a census counts those still queued: exact at
-                # every census, and free for the tasks nobody cancels. A
-                # done callback on every future would cost each task's
-                # round trip a callback and a lock, to count rare cancels.
-                if task.future.cancelled():
-                    self._pending.popleft()
-                    self._tally.cancelled += 1
-                    continue
                 # In order: a task too big for any busy worker's pipe waits
                 # for an idle worker, and the tasks behind it wait with it.
                 worker = self._least_loaded(task, batches)
@@ -90,8 +80,15 @@ class Routing:
                     break
                 self._pending.popleft()
                 if not task.future._start():
+                    # A caller's future.cancel() of a queued task runs in the
+                    # caller's thread, in concurrent.futures, and tells us
+                    # nothing. It is counted here, where the task leaves the
+                    # queue, and a census counts those still queued: exact at
+                    # every census, and free for the tasks nobody cancels. A
+                    # done callback on every future would cost each task's
+                    # round trip a callback and a lock, to count rare cancels.
                     self._tally.cancelled += 1
-                    continue  # cancelled just now
+                    continue
                 batches.setdefault(worker, []).append(task)
         now = self._clock()
         for worker, tasks in batches.items():

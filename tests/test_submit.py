@@ -204,3 +204,17 @@ def test_large_arguments_and_results(pool: Pool) -> None:
     big = [pool.submit(identity, blob) for _ in range(3)]
     assert all(f.result(timeout=120) == blob for f in big)
     assert [f.result(timeout=60) for f in small] == [i * i for i in range(20)]
+
+
+def test_plain_and_other_arguments_arrive_alike(pool: Pool) -> None:
+    """Plain values take a faster pickler than the rest; both must arrive the same."""
+
+    class Count(int):  # an int subclass, local: only cloudpickle can send it
+        pass
+
+    plain = (1, 2.5, "s", True, None, 3j, b"b" * 4096)
+    assert pool.submit(identity, plain).result(timeout=60) == plain
+    assert pool.submit(add, 1, b=2, c=3).result(timeout=60) == 6
+    back = pool.submit(identity, Count(7)).result(timeout=60)
+    assert back == 7 and type(back).__name__ == "Count"
+    assert pool.submit(identity, b"x" * 5000).result(timeout=60) == b"x" * 5000
