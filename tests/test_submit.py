@@ -213,7 +213,8 @@ def test_plain_and_other_arguments_arrive_alike(pool: Pool) -> None:
         pass
 
     plain = (1, 2.5, "s", True, None, 3j, b"b" * 4096)
-    assert pool.submit(identity, plain).result(timeout=60) == plain
+    assert [pool.submit(identity, value).result(timeout=60) for value in plain] == list(plain)
+    assert pool.submit(identity, plain).result(timeout=60) == plain  # a tuple: the other pickler
     assert pool.submit(add, 1, b=2, c=3).result(timeout=60) == 6
     back = pool.submit(identity, Count(7)).result(timeout=60)
     assert back == 7 and type(back).__name__ == "Count"
