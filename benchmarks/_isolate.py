@@ -9,6 +9,7 @@ counted.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import json
 import os
@@ -26,6 +27,20 @@ import psutil
 
 TOKEN = "POOL_BENCH_TOKEN"
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `import pool` takes it
+
+
+def compile_sources() -> None:
+    """Write the checkout's bytecode, as an install does.
+
+    Measurements import ``pool`` (and its workers import it again) from the
+    working tree; without ``__pycache__`` (``PYTHONDONTWRITEBYTECODE`` set,
+    say) each process would compile it first, and start-up figures would
+    include that.
+    """
+    for package in ("pool", "benchmarks"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+
+
 GRACE = 3.0  # seconds for a child's processes to exit on their own after it did
 
 Status = Literal["ok", "timeout", "error"]

@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._isolate import ROOT, compile_sources
 
 
 def timed(command: list[str], timeout: float) -> float:
@@ -39,6 +41,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
+    compile_sources()
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "inputs.jsonl"
         source.write_text("".join(f"{i}\n" for i in range(args.items)))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._isolate import run
+from benchmarks._isolate import compile_sources, run
 from benchmarks._pipelines import CONTENDERS, LABELS
 
 OPTIONAL = {"pypeln": "pypeln", "mpipe": "mpipe"}
@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, help="runs per contender (default 5; quick 2)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per run (default 120)")
     args = parser.parse_args(argv)
+    compile_sources()
     items = args.items or (100_000 if args.quick else 1_000_000)
     repeat = args.repeat or (2 if args.quick else 5)
 

@@ -25,7 +25,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._isolate import ROOT, run_child
+from benchmarks._isolate import ROOT, compile_sources, run_child
 from benchmarks._libraries import LIBRARIES, PEERS
 from benchmarks._report import FLOOR, Result, number, report, write_json
 from benchmarks._settings import DEFAULT_TIMEOUT, FULL, QUICK, Settings, calibrate
@@ -106,6 +106,7 @@ def revision() -> str:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    compile_sources()
     settings = calibrate(QUICK if args.quick else FULL)
     workloads = [WORKLOADS[name] for name in WORKLOADS if not args.only or name in args.only]
     libraries = ["pool", *args.peers]
