@@ -6,7 +6,8 @@ Outside the default suite. Run it (ten minutes by default) with:
 
 ``POOL_SOAK_SECONDS`` sets the duration. It ends with the counts of tasks
 submitted, completed and failed by cause, and asserts that no process, file
-descriptor or shared-memory segment is left over.
+descriptor or shared-memory segment is left over (the pool's own segments
+for big buffers have no name: they are descriptors, counted as such).
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ from typing import Any
 
 import psutil
 import pytest
-from _tasks import always_die, block_forever, die_once, hold_memory, raise_value_error, sleep_then, square
+from _tasks import (
+    always_die,
+    big_bytes,
+    block_forever,
+    die_once,
+    hold_memory,
+    identity,
+    raise_value_error,
+    sleep_then,
+    square,
+)
 from conftest import stray_processes
 
 from pool import Pool, TaskTimeout, WorkerLost
@@ -42,6 +53,8 @@ EXPECTED: dict[str, set[str]] = {
     "poison": {"WorkerLost"},
     "flaky-retried": {"result"},
     "map": {"result"},
+    "big": {"result"},
+    "big-made": {"result"},
 }
 INTERRUPTIONS = {"WorkerLost", "CancelledError"}
 
@@ -119,6 +132,11 @@ def test_soak(tmp_path: Path) -> None:  # noqa: PLR0915  # one scenario, read to
                 elif kind == "flaky-retried":
                     marker = str(tmp_path / f"flaky-{n}")
                     future, expect = p.options(retries=20).submit(die_once, marker), "survived"
+                elif kind == "big":  # through shared memory both ways (pool._segments)
+                    blob = big_bytes(300_000, n % 50)
+                    future, expect = p.options(retries=3).submit(identity, blob), blob
+                elif kind == "big-made":
+                    future, expect = p.submit(big_bytes, 400_000, n % 50), big_bytes(400_000, n % 50)
                 else:
                     future = p.submit(lambda items: list(p_map_squares(items)), list(range(20)))
                     expect = [i * i for i in range(20)]
