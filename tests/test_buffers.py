@@ -21,7 +21,6 @@ from _tasks import (
     open_segments,
     read_fifo,
 )
-from conftest import close
 
 from pool import Pool, SerializationError, WorkerLost
 from pool import _segments as segments
@@ -32,13 +31,10 @@ pytestmark = pytest.mark.skipif(not segments.AVAILABLE, reason="needs memfd_crea
 MIB = 2**20
 
 
-@pytest.fixture
-def pool() -> Iterator[Pool]:
-    p = Pool(2)
-    try:
-        yield p
-    finally:
-        close(p)
+@pytest.fixture(autouse=True)
+def no_segment_left() -> Iterator[None]:
+    """After each test, and after its pool closed: no segment open in this process."""
+    yield
     assert count_segments(os.getpid()) == 0
 
 
