@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as proto
-from ._outcomes import deliver_error, deliver_result, log_record
+from ._outcomes import cancel, deliver_error, deliver_result, log_record
 from ._segments import Segment, send_segments
 from ._serialize import loads, loads_exception
 from ._stats import Tally
@@ -172,7 +172,11 @@ class Routing:
         except BaseException:
             # Interrupted (Ctrl-C lands in the caller's thread) between marking
             # the function sent and recording the task: what the worker got
-            # is unknown, so it is ended, and what it held runs elsewhere.
+            # is unknown, so it is ended, and what it held runs elsewhere. A
+            # task not recorded yet ends cancelled: its submit raises.
+            if not any(held is task for held in worker.outstanding):
+                self._tally.cancelled += 1
+                cancel(task)
             self._discard_lent(worker)
             raise
         return True

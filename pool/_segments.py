@@ -40,6 +40,7 @@ import os
 import pickle
 import socket
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,8 @@ OUT_OF_BAND_MIN = 256 * 1024
 MAX_LIVE = 64
 _NAME = "pool-buffers"  # as /proc shows a segment's descriptor: /memfd:pool-buffers
 _live: list[None] = []
+# Every Segment object with its descriptor, so a forked child can disown them.
+_open: weakref.WeakSet[Segment] = weakref.WeakSet()
 
 AVAILABLE = hasattr(os, "memfd_create") and hasattr(socket, "send_fds") and hasattr(mmap, "MAP_PRIVATE")
 
@@ -90,12 +93,13 @@ class Segment:
     Owns its descriptor: `close` (or garbage collection) gives it back.
     """
 
-    __slots__ = ("counted", "fd", "layout")
+    __slots__ = ("__weakref__", "counted", "fd", "layout")
 
     def __init__(self, fd: int, layout: Layout, *, counted: bool = False) -> None:
         self.fd = fd
         self.layout = layout
         self.counted = counted  # made here: one of `MAX_LIVE`
+        _open.add(self)
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
@@ -354,6 +358,12 @@ def close_inherited() -> None:
     (``mp_context="fork"``) while big tasks wait would hold their memory for
     its whole life.
     """
+    # The parent's Segment objects came along: none of them is this
+    # process's to close or count (their numbers may be reused here).
+    for segment in list(_open):
+        segment.fd = -1
+        segment.counted = False
+    _live.clear()
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:  # not Linux: memfd_create is Linux's anyway

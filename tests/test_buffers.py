@@ -14,6 +14,7 @@ from _tasks import (
     add_one_in_place,
     big_bytes,
     count_segments,
+    counted_segments,
     describe_buffers,
     die_holding,
     die_once_holding,
@@ -254,4 +255,5 @@ def test_a_worker_forked_while_big_tasks_wait_holds_none_of_their_memory(tmp_pat
             blocked.result(timeout=60)
         assert [f.result(timeout=60)[1] for f in waiting] == [2 * MIB] * 6
         assert p.submit(open_segments).result(timeout=60) == 0
+        assert p.submit(counted_segments).result(timeout=60) == 0  # not the parent's 6
     assert count_segments(os.getpid()) == 0

@@ -147,6 +147,8 @@ def test_ctrl_c_during_a_direct_send_ends_the_worker_and_loses_no_task(
         assert raised
         assert [p.submit(square, i).result(timeout=60) for i in range(20)] == [i * i for i in range(20)]
         stats = p.stats()
+        ended = stats.done + sum(stats.failed.values()) + stats.cancelled
+        assert stats.submitted == stats.queued + stats.running + ended  # the interrupted one: cancelled
         assert stats.restarts == 1
         # The replacement serves; the ended worker may still be on its way out.
         assert sorted(w.state for w in stats.workers) in (["idle"], ["idle", "stopping"])
