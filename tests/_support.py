@@ -21,8 +21,14 @@ class Handshake:
         os.mkfifo(self.path)
 
     def wait(self) -> str:
-        with open(self.path) as fifo:  # blocks until the writer opens it
-            return fifo.readline().strip()
+        while True:
+            with open(self.path) as fifo:  # blocks until a writer opens it
+                line = fifo.readline()
+            if line:
+                return line.strip()
+            # End of file, nothing read: the writer of the previous handshake
+            # had written and not yet closed when this open found it (a busy
+            # machine). The next writer is the one waited for.
 
     def wait_pid(self) -> int:
         return int(self.wait().split()[0])
