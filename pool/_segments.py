@@ -123,14 +123,13 @@ class _Collector:
     """The buffers a pickling leaves out of band, in the order it meets them."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.buffers: list[tuple[memoryview, int]] = []
         # Pickle asks for a persistent id before it looks in its memo: the
         # same bytes twice is stored once, and comes back as one object.
         self._ids: dict[int, int] = {}
-
-    def reset(self) -> None:
-        self.buffers = []
-        self._ids = {}
 
     def callback(self, buffer: pickle.PickleBuffer) -> bool:
         try:
@@ -162,9 +161,7 @@ def dumps_out_of_band(
     of many small items skip it.
     """
     if not AVAILABLE or len(_live) >= MAX_LIVE:
-        file = io.BytesIO()
-        pickler(file, protocol=5).dump(obj)
-        return file.getvalue(), None
+        return _in_band(obj, pickler), None
     if scan and _holds_big_bytes(obj, _SCAN_DEPTH):
         file = io.BytesIO()
         collector = _Collector()
@@ -187,9 +184,13 @@ def dumps_out_of_band(
     except OSError:
         # No memory or no descriptor left for a segment (thousands of big
         # tasks queued): the buffers travel in the pickle, as without one.
-        file = io.BytesIO()
-        pickler(file, protocol=5).dump(obj)
-        return file.getvalue(), None
+        return _in_band(obj, pickler), None
+
+
+def _in_band(obj: object, pickler: Callable[..., pickle.Pickler]) -> bytes:
+    file = io.BytesIO()
+    pickler(file, protocol=5).dump(obj)
+    return file.getvalue()
 
 
 # A pickler per thread and class, kept between calls: making one (cloudpickle's
