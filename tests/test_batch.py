@@ -209,7 +209,7 @@ def _start_blocking_run(tmp_path: Path, extra: list[str]) -> tuple[subprocess.Po
         ENV,
         POOL_TEST_FIFO=handshake.path,
         POOL_TEST_BLOCK_AT=str(BLOCK_AT),
-        POOL_TEST_MARKER=str(tmp_path / "blocked-once"),
+        POOL_TEST_MARKER=_blocked_marker(tmp_path),
     )
     command = [
         sys.executable,
@@ -232,6 +232,24 @@ def _start_blocking_run(tmp_path: Path, extra: list[str]) -> tuple[subprocess.Po
     ]
     caller = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     return caller, handshake, source
+
+
+def _blocked_marker(tmp_path: Path) -> str:
+    """The file `block_once` leaves once it blocked: a resumed run does not block again."""
+    return str(tmp_path / "blocked-once")
+
+
+def _resume_blocking_run(tmp_path: Path, source: Path, extra: list[str]) -> subprocess.CompletedProcess[str]:
+    """Resume what `_start_blocking_run` started, into the same output."""
+    return pool_run(
+        "_batch_jobs:block_once",
+        str(source),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        *extra,
+        "--resume",
+        env=dict(ENV, POOL_TEST_MARKER=_blocked_marker(tmp_path)),
+    )
 
 
 def _wait_until_committed(caller: subprocess.Popen[str], count: int) -> None:
@@ -273,15 +291,7 @@ def test_a_resumed_run_ends_with_the_records_of_an_uninterrupted_one(tmp_path: P
             caller.kill()
         caller.communicate()
     out = tmp_path / "out.jsonl"
-    resumed = pool_run(
-        "_batch_jobs:block_once",
-        str(source),
-        "-o",
-        str(out),
-        "--ordered",
-        "--resume",
-        env=dict(ENV, POOL_TEST_MARKER=str(tmp_path / "blocked-once")),
-    )
+    resumed = _resume_blocking_run(tmp_path, source, ["--ordered"])
     assert resumed.returncode == 0, resumed.stderr
     assert f"{BLOCK_AT:,} already done before" in resumed.stderr
     assert out.read_text().splitlines() == _clean_run(tmp_path, ["--ordered"])
@@ -299,14 +309,7 @@ def test_an_unordered_run_resumes_without_a_duplicate_or_a_gap(tmp_path: Path) -
             caller.kill()
         caller.communicate()
     out = tmp_path / "out.jsonl"
-    resumed = pool_run(
-        "_batch_jobs:block_once",
-        str(source),
-        "-o",
-        str(out),
-        "--resume",
-        env=dict(ENV, POOL_TEST_MARKER=str(tmp_path / "blocked-once")),
-    )
+    resumed = _resume_blocking_run(tmp_path, source, [])
     assert resumed.returncode == 0, resumed.stderr
     lines = [r["line"] for r in records(out)]
     assert sorted(lines) == list(range(1, LINES + 1))
