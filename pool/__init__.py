@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._batch import BatchResult as BatchResult
     from ._batch import batch as batch
-    from ._errors import InitializerFailed as InitializerFailed
+    from ._broken import InitializerFailed as InitializerFailed
+    from ._broken import WorkerLost as WorkerLost
     from ._errors import PoolClosed as PoolClosed
     from ._errors import PoolError as PoolError
     from ._errors import RemoteError as RemoteError
     from ._errors import SerializationError as SerializationError
     from ._errors import TaskTimeout as TaskTimeout
-    from ._errors import WorkerLost as WorkerLost
     from ._futures import Future as Future
     from ._pipeline import FailedItem as FailedItem
     from ._pipeline import Pipeline as Pipeline
@@ -40,13 +40,13 @@ __version__ = "0.1.0"
 _HOMES = {
     "BatchResult": "_batch",
     "batch": "_batch",
-    "InitializerFailed": "_errors",
+    "InitializerFailed": "_broken",
     "PoolClosed": "_errors",
     "PoolError": "_errors",
     "RemoteError": "_errors",
     "SerializationError": "_errors",
     "TaskTimeout": "_errors",
-    "WorkerLost": "_errors",
+    "WorkerLost": "_broken",
     "Future": "_futures",
     "FailedItem": "_pipeline",
     "Pipeline": "_pipeline",

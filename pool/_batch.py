@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import _inputs
-from ._errors import SerializationError, TaskTimeout, WorkerLost
+from ._broken import WorkerLost
+from ._errors import SerializationError, TaskTimeout
 from ._inputs import InputError, Item, format_of, input_json, items_of, open_input, read_items, run_input
 from ._journal import RecordFiles, errors_path, record_line
 from ._mapping import length_of

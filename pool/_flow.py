@@ -34,7 +34,8 @@ from typing import Any
 
 from . import _protocol as proto
 from . import _stage
-from ._errors import TaskTimeout, WorkerLost
+from ._broken import WorkerLost
+from ._errors import TaskTimeout
 from ._futures import Future
 from ._mapping import MAX_CHUNK, TARGET_SECONDS
 from ._pool import Pool

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _worker
-from ._errors import InitializerFailed, WorkerLost, describe_exit
+from ._broken import InitializerFailed, WorkerLost
+from ._errors import describe_exit
 from ._memory import OomWatch, tree_rss
 from ._outcomes import fail
 from ._processes import kill_all, kill_tree, signals_unblocked

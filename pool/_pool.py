@@ -25,6 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar
 
+# The caller pickles every function with it: loaded with the pool, not in the
+# first submit (`pool._serialize` leaves it to first use, for the workers).
+import cloudpickle  # noqa: F401
+
 from . import _protocol as proto
 from ._errors import PoolClosed
 from ._futures import Future

@@ -18,6 +18,7 @@ type name, the message and the formatted remote traceback.
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import reprlib
@@ -26,9 +27,6 @@ from collections import ChainMap
 from collections.abc import Callable, Mapping
 from types import CodeType, TracebackType
 from typing import Any
-
-import cloudpickle
-from tblib import Traceback
 
 from ._errors import RemoteError, SerializationError
 from ._segments import Segment, dumps_out_of_band
@@ -40,7 +38,7 @@ loads = pickle.loads
 def dumps(obj: object) -> bytes:
     """Pickle anything cloudpickle can, with the exception rules above."""
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=PROTOCOL).dump(obj)
+    _pickler()(buffer, protocol=PROTOCOL).dump(obj)
     return buffer.getvalue()
 
 
@@ -102,7 +100,7 @@ def dumps_call(
     if len(args) <= 8 and _plain(args) and (not kwargs or _plain(kwargs.values())):
         return pickle.dumps((args, kwargs), protocol=PROTOCOL), None
     try:
-        return dumps_out_of_band((args, kwargs), _Pickler)
+        return dumps_out_of_band((args, kwargs), _pickler())
     except Exception as exc:
         raise _unpicklable_arguments(fn_name, args, kwargs, exc) from exc
 
@@ -114,7 +112,7 @@ def dumps_items(fn_name: str, first: int, items: list[Any]) -> tuple[bytes, Segm
     would cost every small item (see `pool._segments`).
     """
     try:
-        return dumps_out_of_band(items, _Pickler, scan=False)
+        return dumps_out_of_band(items, _pickler(), scan=False)
     except Exception as exc:
         parts = [(f"item {first + i}", item) for i, item in enumerate(items)]
         raise _unpicklable(f"map({fn_name}, ...)", "an item", parts, exc) from exc
@@ -124,7 +122,7 @@ def dumps_result(result: object) -> tuple[bytes, Segment | None]:
     """Pickle a task's result in the worker, big buffers out of band."""
     if type(result) in _PLAIN:
         return pickle.dumps(result, protocol=PROTOCOL), None
-    return dumps_out_of_band(result, _Pickler)
+    return dumps_out_of_band(result, _pickler())
 
 
 def _unpicklable_arguments(
@@ -197,6 +195,8 @@ def _attach_extras(exc: BaseException, extras: _Extras) -> BaseException:
 
 
 def _reduce_exception(exc: BaseException) -> tuple[Any, ...]:
+    from tblib import Traceback
+
     tb = exc.__traceback__
     extras: _Extras = (
         exc.__cause__,
@@ -219,6 +219,8 @@ def _reduce_exception(exc: BaseException) -> tuple[Any, ...]:
 
 
 def _reduce_traceback(tb: TracebackType) -> tuple[Any, ...]:
+    from tblib import Traceback
+
     return (rebuild_traceback, (Traceback(tb).as_dict(),))
 
 
@@ -258,6 +260,8 @@ def _reduce_code(code: CodeType) -> tuple[Any, ...]:
     # cloudpickle renames the file of code it pickles by value (functions
     # from __main__) to "<dynamic-code>"; keep the real one, so remote
     # tracebacks name the file and show the source line.
+    import cloudpickle
+
     rebuild, args = cloudpickle.cloudpickle._code_reduce(code)
     return (_rename_code, (rebuild, args, code.co_filename))
 
@@ -266,22 +270,29 @@ def _rename_code(rebuild: Callable[..., CodeType], args: tuple[Any, ...], filena
     return rebuild(*args).replace(co_filename=filename)
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, plus exceptions as described above and tracebacks.
+@functools.cache
+def _pickler() -> type[pickle.Pickler]:
+    """cloudpickle's Pickler, plus exceptions as described above and tracebacks.
 
     A traceback nested in a result (an exception stored in a list, say)
-    travels through tblib instead of failing the whole result.
+    travels through tblib instead of failing the whole result. Made on first
+    use: a worker whose tasks take and return plain values never imports
+    cloudpickle, the biggest part of a fresh worker's start.
     """
+    import cloudpickle
 
-    dispatch_table = ChainMap(  # noqa: RUF012  # pickle reads it on the class, as cloudpickle sets it
-        {TracebackType: _reduce_traceback, CodeType: _reduce_code},
-        cloudpickle.Pickler.dispatch_table,
-    )
+    class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = ChainMap(  # noqa: RUF012  # pickle reads it on the class, as cloudpickle sets it
+            {TracebackType: _reduce_traceback, CodeType: _reduce_code},
+            cloudpickle.Pickler.dispatch_table,
+        )
 
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, BaseException):
-            return _reduce_exception(obj)
-        return super().reducer_override(obj)
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, BaseException):
+                return _reduce_exception(obj)
+            return super().reducer_override(obj)
+
+    return _Pickler
 
 
 def format_exception(exc: BaseException) -> str:

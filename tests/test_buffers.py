@@ -25,7 +25,9 @@ from _tasks import (
 
 from pool import Pool, SerializationError, WorkerLost
 from pool import _segments as segments
-from pool._serialize import _Pickler
+from pool._serialize import _pickler
+
+_Pickler = _pickler()
 
 pytestmark = pytest.mark.skipif(not segments.AVAILABLE, reason="needs memfd_create and descriptor passing")
 
