@@ -24,7 +24,7 @@ import struct
 from collections import deque
 from typing import Any
 
-__all__ = ["FrameReader", "frame_header"]
+__all__ = ["Channel", "FrameReader", "frame_header"]
 
 # One read takes at most this much; a frame bigger than that is read straight
 # into a buffer of its own size.
@@ -34,6 +34,9 @@ READ_SIZE = 64 * 1024
 _FDS_SPACE = socket.CMSG_SPACE(8 * array.array("i").itemsize)
 _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
+# Up to this size a frame goes out in one write, its header joined to it (as
+# ``Connection.send_bytes`` does).
+_JOIN_MAX = 16 * 1024
 
 
 def frame_header(length: int) -> bytes:
@@ -41,6 +44,69 @@ def frame_header(length: int) -> bytes:
     if length > 0x7FFFFFFF:
         return _LENGTH.pack(-1) + _LONG_LENGTH.pack(length)
     return _LENGTH.pack(length)
+
+
+class Channel:
+    """A worker's end of its Pipe, framed as ``Connection`` frames, without multiprocessing.
+
+    A worker started by `pool._zygote` gets its socket as a bare descriptor:
+    importing ``multiprocessing.connection`` would cost more than the rest
+    of the worker's start. Reads and writes are exact, as ``Connection``'s:
+    descriptors passed on the same socket stay for the one who asks for them.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise OSError("the channel is closed")
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def send_bytes(self, data: bytes) -> None:
+        header = frame_header(len(data))
+        if len(data) <= _JOIN_MAX:
+            self._write_all(header + data)
+        else:
+            self._write_all(header)
+            self._write_all(data)
+
+    def recv_bytes(self) -> bytes | bytearray:
+        """The next frame; EOFError once the other end closed."""
+        (length,) = _LENGTH.unpack(self._read_exact(4))
+        if length == -1:
+            (length,) = _LONG_LENGTH.unpack(self._read_exact(8))
+        return self._read_exact(length)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fileno(), view) :]
+
+    def _read_exact(self, length: int) -> bytes | bytearray:
+        fd = self.fileno()
+        first = os.read(fd, length)
+        if len(first) == length:
+            return first
+        if not first and length:
+            raise EOFError
+        buffer = bytearray(length)
+        buffer[: len(first)] = first
+        got = len(first)
+        view = memoryview(buffer)
+        while got < length:
+            count = os.readv(fd, [view[got:]])
+            if not count:
+                raise EOFError
+            got += count
+        return buffer
 
 
 class FrameReader:

@@ -21,23 +21,28 @@ import array
 import faulthandler
 import io
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import pickle
+import select
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _protocol as proto
+from . import _zygote
 from ._errors import SerializationError
 from ._frames import frame_header
 from ._segments import Segment, close_inherited, loads_out_of_band, receive_segments, socket_of
 from ._serialize import describe_callable, drop_frames_of, dumps_exception, dumps_result, loads
+
+if TYPE_CHECKING:
+    import multiprocessing.connection
+
+    from ._frames import Channel
 
 # Exit status of a worker whose parent vanished; nobody reads it but `ps`.
 PARENT_DIED_EXIT = 70
@@ -57,11 +62,21 @@ def _kill_children_and_exit(status: int) -> None:
         os._exit(status)
 
 
-def _watch_parent() -> None:
+def _parent_sentinel() -> int | None:
+    """A descriptor readable once the pool's process is gone, however this worker started."""
+    if _zygote.parent_sentinel is not None:
+        return _zygote.parent_sentinel
+    import multiprocessing  # started by multiprocessing itself: loaded already
+
     parent = multiprocessing.parent_process()
-    if parent is None or parent.sentinel is None:
+    return None if parent is None else parent.sentinel
+
+
+def _watch_parent() -> None:
+    sentinel = _parent_sentinel()
+    if sentinel is None:
         return
-    multiprocessing.connection.wait([parent.sentinel])
+    select.select([sentinel], [], [])
     _kill_children_and_exit(PARENT_DIED_EXIT)
 
 
@@ -199,7 +214,7 @@ class _Sender:
     is passed attached to the message that names it.
     """
 
-    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+    def __init__(self, conn: multiprocessing.connection.Connection | Channel) -> None:
         self._conn = conn
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -277,7 +292,7 @@ def _set_up_output(sender: _Sender, log_level: int) -> None:
 
 
 def main(
-    conn: multiprocessing.connection.Connection,
+    conn: multiprocessing.connection.Connection | Channel,
     init: tuple[bytes, bytes] | None,
     log_level: int = logging.WARNING,
 ) -> None:

@@ -19,6 +19,7 @@ import pytest
 from _support import Handshake
 
 from pool import Pool
+from pool._start import server_pid
 
 START_METHODS = [m for m in ("forkserver", "spawn", "fork") if m in multiprocessing.get_all_start_methods()]
 
@@ -28,8 +29,9 @@ EXIT_DEADLINE = 30.0
 
 
 def _helper_pids() -> set[int]:
-    """multiprocessing's own long-lived helpers, which are not ours to reap."""
+    """The long-lived helpers (our fork server, multiprocessing's), which are not ours to reap."""
     pids = {
+        server_pid(),
         multiprocessing.forkserver._forkserver._forkserver_pid,  # type: ignore[attr-defined]
         multiprocessing.resource_tracker._resource_tracker._pid,  # type: ignore[attr-defined]
     }

@@ -11,7 +11,7 @@ from multiprocessing.connection import Connection
 
 import pytest
 
-from pool._frames import READ_SIZE, FrameReader, frame_header
+from pool._frames import READ_SIZE, Channel, FrameReader, frame_header
 
 Ends = tuple[Connection, socket.socket, FrameReader]
 
@@ -127,3 +127,31 @@ def test_end_of_stream_after_the_last_events(ends: Ends) -> None:
     assert reader.read_all() == [b"last", b"partial"]
     with pytest.raises(EOFError):
         reader.read()
+
+
+def test_channel_speaks_connection_frames() -> None:
+    """A worker's `Channel` and the caller's Connection read each other's frames, big ones too."""
+    ours, theirs = socket.socketpair()
+    channel, conn = Channel(ours.detach()), Connection(theirs.detach())
+    big = os.urandom(3 * READ_SIZE)
+    try:
+        writer = threading.Thread(target=lambda: [conn.send_bytes(b"small"), conn.send_bytes(big)])
+        writer.start()
+        assert channel.recv_bytes() == b"small"
+        assert channel.recv_bytes() == big
+        writer.join()
+        reader = threading.Thread(target=lambda: got.extend([conn.recv_bytes(), conn.recv_bytes()]))
+        got: list[bytes] = []
+        reader.start()
+        channel.send_bytes(b"")
+        channel.send_bytes(big)
+        reader.join()
+        assert got == [b"", big]
+        conn.close()
+        with pytest.raises(EOFError):
+            channel.recv_bytes()
+    finally:
+        channel.close()
+        conn.close()
+    with pytest.raises(OSError):
+        channel.fileno()

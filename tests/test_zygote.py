@@ -1,0 +1,184 @@
+"""The fork server (`pool._zygote`): what workers inherit, and what happens when it dies."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psutil
+from _support import Handshake, worker_pids
+from _tasks import announce, read_fifo
+from conftest import close, wait_gone
+
+from pool import Pool
+from pool._start import server_pid
+
+ROOT = Path(__file__).parent.parent
+
+
+def _identity() -> dict[str, Any]:
+    parent = multiprocessing.parent_process()
+    return {
+        "parent": None if parent is None else parent.pid,
+        "name": multiprocessing.current_process().name,
+        "authkey": bytes(multiprocessing.current_process().authkey),
+        "start_method": multiprocessing.get_start_method(),
+    }
+
+
+def test_workers_look_like_multiprocessing_children(pool: Pool) -> None:
+    """Code in a task can ask multiprocessing whether it runs in a worker, as under spawn."""
+    seen = pool.submit(_identity).result(timeout=60)
+    assert seen == {
+        "parent": os.getpid(),
+        "name": "pool-worker",
+        "authkey": bytes(multiprocessing.current_process().authkey),
+        "start_method": "forkserver",
+    }
+
+
+def _put(queue: Any, value: int) -> int:
+    queue.put(value)
+    return value
+
+
+def test_a_manager_proxy_works_in_a_task(pool: Pool) -> None:
+    """A manager's proxy authenticates with the caller's authkey, which workers share."""
+    with multiprocessing.Manager() as manager:
+        queue = manager.Queue()
+        assert pool.submit(_put, queue, 7).result(timeout=60) == 7
+        assert queue.get(timeout=60) == 7
+
+
+def _where() -> tuple[str, list[str], bytes]:
+    return os.getcwd(), sys.path, sys.stdin.buffer.read()
+
+
+def test_workers_start_in_the_callers_directory_with_its_path(tmp_path: Path) -> None:
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    sys.path.append(str(tmp_path / "extra"))
+    try:
+        p = Pool(1)
+        try:
+            cwd, path, stdin = p.submit(_where).result(timeout=60)
+        finally:
+            close(p)
+    finally:
+        os.chdir(here)
+        sys.path.remove(str(tmp_path / "extra"))
+    assert cwd == str(tmp_path)
+    assert path[-1] == str(tmp_path / "extra")
+    assert stdin == b""  # not the caller's stdin: /dev/null
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_a_killed_server_is_replaced_and_its_workers_stay(pool: Pool) -> None:
+    """The workers are not the server's: they serve on, and new ones start from a new server."""
+    pool.submit(_pid).result(timeout=60)
+    workers = [psutil.Process(pid) for pid in worker_pids(pool)]
+    server = psutil.Process(server_pid() or 0)
+    server.kill()
+    server.wait(60)
+    assert all(worker.is_running() for worker in workers)
+    assert pool.submit(_pid).result(timeout=60) in {w.pid for w in workers}
+    assert set(worker_pids(pool)) == {w.pid for w in workers}  # none taken for dead
+
+    for worker in workers:
+        worker.kill()
+    assert wait_gone(workers) == []
+    assert pool.submit(_pid).result(timeout=60) not in {w.pid for w in workers}
+    assert server_pid() not in (None, server.pid)
+
+
+def _announce_then_wait(announce_path: str, release_path: str) -> int:
+    announce(announce_path)
+    read_fifo(release_path)
+    return os.getpid()
+
+
+def test_a_task_running_when_the_server_dies_finishes(pool: Pool, tmp_path: Path) -> None:
+    running, release = Handshake(tmp_path), tmp_path / "release"
+    os.mkfifo(release)
+    future = pool.submit(_announce_then_wait, running.path, str(release))
+    pid = running.wait_pid()
+    server = psutil.Process(server_pid() or 0)
+    server.kill()
+    server.wait(60)
+    with open(release, "w") as fifo:
+        fifo.write("go\n")
+    assert future.result(timeout=60) == pid
+
+
+def test_the_server_ignores_ctrl_c(pool: Pool) -> None:
+    first = pool.submit(_pid).result(timeout=60)
+    server = server_pid()
+    assert server is not None
+    os.kill(server, signal.SIGINT)  # a terminal sends it to the whole process group
+    assert pool.submit(_pid).result(timeout=60) in set(worker_pids(pool))
+    assert server_pid() == server
+    assert first in set(worker_pids(pool))
+
+
+def _pool_in_a_forked_child(results: Any) -> None:
+    with Pool(1) as p:
+        results.put((p.submit(_pid).result(timeout=60), server_pid()))
+
+
+def test_a_forked_caller_starts_its_own_server(pool: Pool) -> None:
+    """A process forked from the caller must not write into the caller's server socket."""
+    pool.submit(_pid).result(timeout=60)
+    server = server_pid()
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    child = context.Process(target=_pool_in_a_forked_child, args=(results,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    worker, child_server = results.get()
+    assert child_server not in (None, server)
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+    assert server_pid() == server
+    assert pool.submit(_pid).result(timeout=60) in set(worker_pids(pool))
+
+
+SERVER_OF_A_SCRIPT = """
+import sys
+from pool import Pool
+from pool._start import server_pid
+
+with Pool(1) as p:
+    p.submit(abs, -1).result(timeout=60)
+    print(server_pid(), flush=True)
+    sys.stdin.read()  # until the test kills this process
+"""
+
+
+def test_the_server_ends_with_its_caller(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(SERVER_OF_A_SCRIPT))
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            server = psutil.Process(int(process.stdout.readline()))
+            tree = [server, *server.children(recursive=True)]
+            process.kill()  # no shutdown, no atexit: the caller just vanishes
+            process.wait(60)
+            assert wait_gone(tree, timeout=60) == []
+        finally:
+            process.kill()
