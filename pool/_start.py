@@ -183,6 +183,7 @@ class _ServerPopen(popen_forkserver.Popen):
             "cwd": os.getcwd(),
             "sys_path": list(sys.path),
             "sys_argv": list(sys.argv),
+            "environ": dict(os.environ),
             "process": _zygote.process_state(process_obj),
             "start_method": process_obj._start_method,  # type: ignore[attr-defined]
         }

@@ -198,6 +198,9 @@ def _child(payload: bytes, fds: list[int], alive_fd: int) -> None:
         prep, target, args, kwargs = _RequestUnpickler(payload, fds).load()
         sys.path[:] = prep["sys_path"]
         sys.argv[:] = prep["sys_argv"]
+        if os.environ != prep["environ"]:  # the caller's now, not as it was when the server started
+            os.environ.clear()
+            os.environ.update(prep["environ"])
         os.chdir(prep["cwd"])
         _become(prep["process"], prep["start_method"], alive_fd)
         target(*args, **kwargs)

@@ -56,25 +56,30 @@ def test_a_manager_proxy_works_in_a_task(pool: Pool) -> None:
         assert queue.get(timeout=60) == 7
 
 
-def _where() -> tuple[str, list[str], bytes]:
-    return os.getcwd(), sys.path, sys.stdin.buffer.read()
+def _where() -> tuple[str, list[str], str | None, bytes]:
+    return os.getcwd(), sys.path, os.environ.get("POOL_TEST_SETTING"), sys.stdin.buffer.read()
 
 
-def test_workers_start_in_the_callers_directory_with_its_path(tmp_path: Path) -> None:
+def test_workers_start_with_the_callers_directory_path_and_environment(pool: Pool, tmp_path: Path) -> None:
+    """As the caller is when each worker starts, not when the server started (``pool`` started it)."""
+    pool.submit(_pid).result(timeout=60)
     here = os.getcwd()
     os.chdir(tmp_path)
     sys.path.append(str(tmp_path / "extra"))
+    os.environ["POOL_TEST_SETTING"] = "set later"
     try:
         p = Pool(1)
         try:
-            cwd, path, stdin = p.submit(_where).result(timeout=60)
+            cwd, path, setting, stdin = p.submit(_where).result(timeout=60)
         finally:
             close(p)
     finally:
         os.chdir(here)
         sys.path.remove(str(tmp_path / "extra"))
+        del os.environ["POOL_TEST_SETTING"]
     assert cwd == str(tmp_path)
     assert path[-1] == str(tmp_path / "extra")
+    assert setting == "set later"
     assert stdin == b""  # not the caller's stdin: /dev/null
 
 
