@@ -102,9 +102,11 @@ class WorkerLifecycle:
                 self._spawn_deadline = self._spawned_at[0] + 1.0  # try again then
                 return
             self._spawned_at.append(now)
-            self._spawn()
+            if not self._spawn():
+                return
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> bool:
+        """Start one worker; False if it could not be started (tried again later)."""
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_worker.main,
@@ -114,6 +116,10 @@ class WorkerLifecycle:
         try:
             with signals_unblocked():  # a child inherits its starter's signal mask
                 process.start()
+        except (OSError, EOFError) as exc:  # no process, no descriptor, a fork server gone
+            parent_conn.close()
+            self._on_spawn_error(exc)
+            return False
         finally:
             child_conn.close()
         self.spawned += 1
@@ -122,6 +128,22 @@ class WorkerLifecycle:
         self._workers.append(worker)
         self._watch(parent_conn, self._by_conn, worker)
         self._watch(process.sentinel, self._by_sentinel, worker)
+        return True
+
+    def _on_spawn_error(self, exc: BaseException) -> None:
+        self._start_failures += 1
+        logger.warning("could not start a worker: %s: %s", type(exc).__name__, exc)
+        if self._start_failures >= MAX_START_FAILURES and not any(w.usable() for w in self._workers):
+            error = InitializerFailed(
+                f"workers could not be started {self._start_failures} times in a row: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            self._break(error)
+            return
+        retry = self._clock() + 1.0 / RESPAWNS_PER_SECOND
+        if self._spawn_deadline is None or retry < self._spawn_deadline:
+            self._spawn_deadline = retry
 
     def _watch(self, fileobj: Any, index: dict[Any, WorkerHandle], worker: WorkerHandle) -> None:
         index[fileobj] = worker

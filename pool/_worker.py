@@ -76,7 +76,14 @@ def _watch_parent() -> None:
     sentinel = _parent_sentinel()
     if sentinel is None:
         return
-    select.select([sentinel], [], [])
+    if hasattr(select, "poll"):  # not select: the descriptor's number may pass 1023
+        poller = select.poll()
+        poller.register(sentinel, select.POLLIN)
+        poller.poll()
+    else:
+        import multiprocessing.connection
+
+        multiprocessing.connection.wait([sentinel])
     _kill_children_and_exit(PARENT_DIED_EXIT)
 
 

@@ -11,19 +11,21 @@ This module is the server's side, and a forked worker's first steps; the
 caller's side is in `pool._start`. Both sides speak over one Unix socket:
 
 * the caller sends a request: an 8-byte length, then a pickle of (prep,
-  target, args, kwargs), with descriptors attached:
-  those the arguments name (a worker's Pipe end) and, last, the write end
-  of a status pipe;
-* the server forks, writes the child's pid to the status pipe, and later
-  its exit code (``Popen.returncode``'s meaning), then closes it. The
-  caller's end of that pipe is the child's sentinel: readable once the exit
-  code is there, or at end of file if the server itself died.
+  target, args, kwargs), with descriptors attached: those the arguments
+  name (a worker's Pipe end), the caller's stdout and stderr and, last, the
+  write end of a status pipe;
+* the server forks, writes the child's pid to the status pipe, and once
+  the child ended its exit code (``Popen.returncode``'s meaning), then
+  reaps it and closes the pipe. The caller watches the child itself (a
+  pidfd) where it can, the status pipe elsewhere.
 
-The server ends when the caller's process does: its "alive" pipe, whose
-write end only the caller holds, reads end of file. A forked child keeps
-that pipe's read end as its parent sentinel (`parent_sentinel`). SIGINT is
-ignored here: Ctrl-C in a terminal reaches the whole process group, and is
-the caller's to handle.
+The server ends when its socket closes (the caller replaced it) or when the
+caller's process ends: its "alive" pipe, whose write end only the caller
+holds, reads end of file. A forked child keeps that pipe's read end as its
+parent sentinel (`parent_sentinel`); the pipe outlives any one server, so a
+server that dies does not take its workers along. SIGINT is ignored here:
+Ctrl-C in a terminal reaches the whole process group, and is the caller's
+to handle.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ STATUS = struct.Struct("q")
 # a pool asks for all its workers at once, and an import (cloudpickle takes
 # about 10 ms) would hold up the ones after it.
 IDLE = 0.05
-# Descriptors one request may pass: a worker's Pipe end and the status pipe.
+# Descriptors one request may pass: a worker's Pipe end, the caller's stdout
+# and stderr, and the status pipe.
 MAX_FDS = 8
 
 # In a forked child: a descriptor readable (at end of file) once the process
@@ -61,21 +64,22 @@ def serve(ctl_fd: int, alive_fd: int, preload: list[str], idle_preload: list[str
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a mask is inherited; ours must not be
     _stdin_from_devnull()  # workers must not read the caller's input (a batch job may)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, _on_sigchld)
     for name in preload:
         __import__(name)
     ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=ctl_fd)
+    # poll, not select: the caller's descriptor numbers are kept, and may pass 1023.
+    poller = select.poll()
+    for fd in (ctl_fd, alive_fd, wake_r):
+        poller.register(fd, select.POLLIN)
     children: dict[int, int] = {}  # pid: its status pipe's write end
     later = list(idle_preload)
     while True:
-        try:
-            ready: list[Any] = select.select(  # type: ignore[type-var]
-                [ctl, alive_fd, wake_r], [], [], IDLE if later else None
-            )[0]
-        except InterruptedError:
-            continue
+        ready = {fd for fd, _ in poller.poll(IDLE * 1000 if later else None)}
         if not ready:
             _import_quietly(later.pop(0))  # nothing to do: load what workers use later
             continue
@@ -84,12 +88,12 @@ def serve(ctl_fd: int, alive_fd: int, preload: list[str], idle_preload: list[str
         if wake_r in ready:
             _drain(wake_r)
             _reap(children)
-        if ctl in ready:
+        if ctl_fd in ready:
             request = _receive(ctl)
             if request is None:
                 break
-            payload, fds = request
-            _fork(payload, fds, children, (ctl.fileno(), wake_r, wake_w), alive_fd)
+            _fork(*request, children, (ctl_fd, wake_r, wake_w), alive_fd)
+            del request  # an initializer's arguments may be big
     os._exit(0)
 
 
@@ -120,17 +124,36 @@ def _drain(fd: int) -> None:
 
 
 def _reap(children: dict[int, int]) -> None:
+    """Report each ended child's exit code, then reap it.
+
+    In that order: until it is reaped its pid cannot be reused, so a caller
+    that finds no exit code yet knows the pid it holds is still its worker.
+    """
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            ended = _peek_ended()
         except ChildProcessError:
             return
-        if pid == 0:
+        if ended is None:
             return
+        pid, code = ended
         fd = children.pop(pid, None)
         if fd is not None:
-            _write_status(fd, os.waitstatus_to_exitcode(status))
+            _write_status(fd, code)
             os.close(fd)
+        os.waitpid(pid, 0)
+
+
+def _peek_ended() -> tuple[int, int] | None:
+    """An ended child's pid and exit code, left unreaped (where waitid can); None if none."""
+    if not hasattr(os, "waitid"):
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        return None if pid == 0 else (pid, os.waitstatus_to_exitcode(status))
+    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is None or info.si_pid == 0:
+        return None
+    code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    return info.si_pid, code
 
 
 def _write_status(fd: int, value: int) -> None:
@@ -142,7 +165,7 @@ def _write_status(fd: int, value: int) -> None:
 
 def _receive(ctl: socket.socket) -> tuple[bytes, list[int]] | None:
     """One request, or None once the caller closed its end."""
-    header, fds, flags, _ = socket.recv_fds(ctl, HEADER.size, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    header, fds, flags, _ = socket.recv_fds(ctl, HEADER.size, MAX_FDS, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
     if not header:
         _close_all(fds)
         return None
@@ -179,7 +202,9 @@ def _fork(
     status_fd = fds.pop()
     pid = os.fork()
     if pid == 0:
-        _close_all([*own, *children.values()])
+        # Its own status pipe too: else the caller never sees end of file
+        # from it, should this server die before it writes the pid.
+        _close_all([*own, *children.values(), status_fd])
         _child(payload, fds, alive_fd)  # never returns
     _close_all(fds)
     children[pid] = status_fd
@@ -196,6 +221,7 @@ def _child(payload: bytes, fds: list[int], alive_fd: int) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         parent_sentinel = alive_fd
         prep, target, args, kwargs = _RequestUnpickler(payload, fds).load()
+        _take_stdio(prep["stdio"], fds[len(fds) - len(prep["stdio"]) :])
         sys.path[:] = prep["sys_path"]
         sys.argv[:] = prep["sys_argv"]
         if os.environ != prep["environ"]:  # the caller's now, not as it was when the server started
@@ -205,6 +231,7 @@ def _child(payload: bytes, fds: list[int], alive_fd: int) -> None:
         _become(prep["process"], prep["start_method"], alive_fd)
         target(*args, **kwargs)
         code = 0
+        _as_multiprocessing_exits()
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except BaseException:  # noqa: BLE001  # reported on stderr, as a process's uncaught error
@@ -219,6 +246,13 @@ def _child(payload: bytes, fds: list[int], alive_fd: int) -> None:
             except Exception:  # noqa: BLE001  # exiting anyway
                 pass
         os._exit(code)
+
+
+def _take_stdio(targets: list[int], fds: list[int]) -> None:
+    """Write where the caller's stdout and stderr go now (it may have redirected them since)."""
+    for target, fd in zip(targets, fds, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
 
 
 def _become(state: dict[str, Any], start_method: str, sentinel: int) -> None:
@@ -254,6 +288,16 @@ def process_state(process_obj: Any) -> dict[str, Any]:
         "_parent_name": process_obj._parent_name,
         "_name": process_obj._name,
     }
+
+
+def _as_multiprocessing_exits() -> None:
+    """Wait for the task's non-daemon threads and run multiprocessing's finalizers, as its children do."""
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util._exit_function()
 
 
 def _exit_code(code: object) -> int:

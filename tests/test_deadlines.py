@@ -130,7 +130,7 @@ def test_respawns_are_rate_limited(
     supervisor: Supervisor, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spawned: list[float] = []
-    monkeypatch.setattr(supervisor, "_spawn", lambda: spawned.append(clock.now))
+    monkeypatch.setattr(supervisor, "_spawn", lambda: spawned.append(clock.now) or True)
     limit = supervisor_module.RESPAWNS_PER_SECOND * 2
     supervisor._spawn_missing()  # no worker ever appears: every call wants more
     assert len(spawned) == limit

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from _support import Handshake, worker_pids
 from _tasks import announce, read_fifo
 from conftest import close, wait_gone
 
-from pool import Pool
+from pool import InitializerFailed, Pool, _start
 from pool._start import server_pid
 
 ROOT = Path(__file__).parent.parent
@@ -119,6 +122,9 @@ def test_a_task_running_when_the_server_dies_finishes(pool: Pool, tmp_path: Path
     server = psutil.Process(server_pid() or 0)
     server.kill()
     server.wait(60)
+    with Pool(1) as other:  # starts a new server: the old one's workers must not notice
+        assert other.submit(_pid).result(timeout=60) != pid
+    assert server_pid() not in (None, server.pid)
     with open(release, "w") as fifo:
         fifo.write("go\n")
     assert future.result(timeout=60) == pid
@@ -158,7 +164,7 @@ def test_a_forked_caller_starts_its_own_server(pool: Pool) -> None:
 
 SERVER_OF_A_SCRIPT = """
 import sys
-from pool import Pool
+from pool import InitializerFailed, Pool, _start
 from pool._start import server_pid
 
 with Pool(1) as p:
@@ -187,3 +193,141 @@ def test_the_server_ends_with_its_caller(tmp_path: Path) -> None:
             assert wait_gone(tree, timeout=60) == []
         finally:
             process.kill()
+
+
+def _kill_server() -> None:
+    pid = server_pid()
+    if pid is not None:
+        server = psutil.Process(pid)
+        server.kill()
+        server.wait(60)
+
+
+def test_a_server_started_above_descriptor_1023(tmp_path: Path) -> None:
+    """The server waits with poll: the caller's descriptor numbers, kept, may be past select's reach."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("cannot open 1,200 descriptors here")
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (max(soft, 1200) if hard == resource.RLIM_INFINITY else hard, hard)
+    )
+    held = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        _kill_server()
+        with Pool(1) as p:
+            assert p.submit(_pid).result(timeout=60) != os.getpid()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _pipes() -> set[str]:
+    return {
+        target
+        for target in (_readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+        if target
+    }
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+def test_a_worker_holds_no_status_pipe(pool: Pool) -> None:
+    """Else the caller would wait for ever on a server that died before it wrote the pid."""
+    pool.submit(_pid).result(timeout=60)
+    statuses = {_readlink(f"/proc/self/fd/{w.process._popen._status}") for w in pool._supervisor._workers}
+    assert all(s.startswith("pipe:") for s in statuses)
+    assert not statuses & pool.submit(_pipes).result(timeout=60)
+
+
+def test_the_empty_path_entry_is_the_directory_the_caller_started_in(tmp_path: Path) -> None:
+    here = os.getcwd()
+    sys.path.insert(0, "")
+    os.chdir(tmp_path)
+    try:
+        with Pool(1) as p:
+            _, path, _, _ = p.submit(_where).result(timeout=60)
+    finally:
+        os.chdir(here)
+        sys.path.remove("")
+    assert "" not in path
+    assert path[0] == multiprocessing.process.ORIGINAL_DIR  # type: ignore[attr-defined]
+
+
+def _thread_then_return(announce_path: str, release_path: str, marker: str) -> None:
+    def later() -> None:
+        announce(announce_path)
+        read_fifo(release_path)
+        Path(marker).write_text("done")
+
+    threading.Thread(target=later).start()  # not a daemon: the worker waits for it at exit
+
+
+def test_a_worker_waits_for_its_tasks_threads_before_it_exits(tmp_path: Path) -> None:
+    running, release, marker = Handshake(tmp_path), tmp_path / "release", tmp_path / "marker"
+    os.mkfifo(release)
+    p = Pool(1)
+    try:
+        p.submit(_thread_then_return, running.path, str(release), str(marker)).result(timeout=60)
+        running.wait()
+        p.shutdown(wait=False)  # the worker is told to stop while its thread still runs
+        with open(release, "w") as fifo:
+            fifo.write("go\n")
+        p.shutdown(wait=True)
+    finally:
+        close(p)
+    assert marker.read_text() == "done"
+
+
+def test_a_stopped_server_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_start, "SERVER_TIMEOUT", 1.0)
+    with Pool(1) as p:
+        p.submit(_pid).result(timeout=60)
+    stopped = psutil.Process(server_pid() or 0)
+    stopped.suspend()
+    try:
+        with Pool(1) as p:
+            assert p.submit(_pid).result(timeout=60) != os.getpid()
+        stopped.wait(60)  # killed, and reaped
+        assert server_pid() not in (None, stopped.pid)
+    finally:
+        if stopped.is_running():
+            stopped.kill()
+
+
+def test_a_server_that_cannot_start_breaks_the_pool_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    _kill_server()
+    monkeypatch.setattr(_start.spawn, "get_executable", lambda: b"/nonexistent/python")
+    p = Pool(1)
+    try:
+        with pytest.raises(InitializerFailed, match=r"could not be started 3 times in a row.*nonexistent"):
+            p.submit(_pid).result(timeout=60)
+    finally:
+        close(p)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def test_workers_write_where_the_callers_stdout_goes_now(pool: Pool, tmp_path: Path) -> None:
+    pool.submit(_pid).result(timeout=60)  # the server runs, with stdout as it was
+    out = tmp_path / "out"
+    saved = os.dup(1)
+    try:
+        with open(out, "w") as file:
+            os.dup2(file.fileno(), 1)
+        with Pool(1) as p:
+            p.submit(_say, "to the new stdout").result(timeout=60)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert out.read_text() == "to the new stdout\n"
