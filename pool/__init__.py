@@ -6,7 +6,7 @@ The names are imported when first used, not with the package: a worker
 imports ``pool._worker`` and so this package, and it needs none of the
 caller's side (the supervisor, pipelines, batch jobs, tqdm, psutil). Lazy,
 a fresh worker starts in about half the time. Workers do not run the
-caller's main module again (see `pool._processes`), so a script that
+caller's main module again (see `pool._start`), so a script that
 imports `Pool` does not make each worker import it too.
 """
 

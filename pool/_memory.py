@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
-
-import psutil
 
 __all__ = ["OomWatch", "parse_size", "tree_rss"]
 
@@ -52,6 +50,8 @@ def parse_size(name: str, value: object) -> int:
 
 def tree_rss(pid: int) -> int | None:
     """Resident memory of a process and all its descendants, in bytes."""
+    import psutil  # when first needed: it is most of the pool's import time
+
     try:
         root = psutil.Process(pid)
         total = int(root.memory_info().rss)
@@ -72,12 +72,13 @@ class OomWatch:
     killer ran meanwhile; where the file is unreadable it says nothing.
     """
 
-    def __init__(self, path: Path = Path("/sys/fs/cgroup/memory.events")) -> None:
+    def __init__(self, path: str | os.PathLike[str] = "/sys/fs/cgroup/memory.events") -> None:
         self._path = path
 
     def count(self) -> int | None:
         try:
-            text = self._path.read_text()
+            with open(self._path) as file:
+                text = file.read()
         except OSError:
             return None
         for line in text.splitlines():

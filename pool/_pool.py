@@ -25,10 +25,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar
 
-# The caller pickles every function with it: loaded with the pool, not in the
-# first submit (`pool._serialize` leaves it to first use, for the workers).
-import cloudpickle  # noqa: F401
-
 from . import _protocol as proto
 from ._errors import PoolClosed
 from ._futures import Future
@@ -333,7 +329,8 @@ class Pool(_TaskAPI, Executor):
 
     ``max_workers`` processes run the tasks (default: the CPUs this process
     may use). ``mp_context`` is a multiprocessing context or a start method
-    name; the default is a thread-safe one (forkserver on Linux). Each worker
+    name; the default is a thread-safe one (pool's own fork server, see
+    `pool._start`; spawn where processes cannot pass descriptors). Each worker
     runs ``initializer(*initargs)`` first, and is replaced after
     ``max_tasks_per_child`` tasks, or once it (with its children) uses more
     than ``max_memory_per_child`` (bytes, or a string such as ``"512MB"``),

@@ -1,20 +1,34 @@
-"""Ending worker processes and their trees; signal masks around starting them."""
+"""Ending worker processes and their trees; signal masks around starting them.
+
+psutil, which finds a process's descendants, is most of the time ``from pool
+import Pool`` would take: it is imported by `load_psutil`, which the
+supervisor calls once it has asked for its first workers (it then waits
+for them anyway), and nowhere on the caller's way to its first result.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 __all__ = [
     "block_async_signals",
     "children_of",
     "kill_all",
     "kill_tree",
+    "load_psutil",
     "signals_unblocked",
 ]
+
+
+def load_psutil() -> None:
+    """Import psutil now, before any process must be killed (when memory or descriptors may be short)."""
+    import psutil  # noqa: F401
 
 
 def kill_tree(pid: int) -> None:
@@ -23,6 +37,8 @@ def kill_tree(pid: int) -> None:
     The children are listed before the parent dies: once it is gone they are
     re-parented and can no longer be found from it.
     """
+    import psutil
+
     try:
         root = psutil.Process(pid)
         children = root.children(recursive=True)
@@ -37,6 +53,8 @@ def kill_tree(pid: int) -> None:
 
 def children_of(pid: int) -> list[psutil.Process]:
     """Every descendant of ``pid`` now (empty if it is gone)."""
+    import psutil
+
     try:
         return list(psutil.Process(pid).children(recursive=True))
     except psutil.Error:
@@ -45,6 +63,8 @@ def children_of(pid: int) -> list[psutil.Process]:
 
 def kill_all(processes: list[psutil.Process]) -> None:
     """SIGKILL each process still running; psutil checks the pid was not reused."""
+    import psutil
+
     for process in processes:
         try:
             process.kill()

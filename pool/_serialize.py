@@ -22,7 +22,9 @@ import functools
 import io
 import pickle
 import reprlib
+import sys
 import traceback as traceback_module
+import types
 from collections import ChainMap
 from collections.abc import Callable, Mapping
 from types import CodeType, TracebackType
@@ -64,11 +66,44 @@ def describe_callable(fn: object) -> str:
 def dumps_function(fn: Callable[..., Any]) -> bytes:
     """Pickle a task's function, naming it if it cannot be pickled."""
     try:
+        if _named_by_reference(fn):
+            return pickle.dumps(fn, protocol=PROTOCOL)
         return dumps(fn)
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the function {describe_callable(fn)}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _named_by_reference(fn: object) -> bool:
+    """Whether plain pickle writes ``fn`` as cloudpickle would: by its module and name.
+
+    True for a function or builtin found under its own name in a module any
+    process can import (not ``__main__``, not registered with cloudpickle to
+    go by value). Then neither side needs cloudpickle loaded for it: for a
+    job of tiny tasks on module functions (``pool run``), cloudpickle's import
+    would be most of a fresh pool's start.
+    """
+    if type(fn) not in (types.FunctionType, types.BuiltinFunctionType):
+        return False
+    module_name = getattr(fn, "__module__", None)
+    if not isinstance(module_name, str) or module_name == "__main__":
+        return False
+    module = sys.modules.get(module_name)
+    if module is None or (getattr(module, "__spec__", None) is None and not hasattr(module, "__file__")):
+        return False  # made at run time: only its value can travel
+    found: object = module
+    for part in fn.__qualname__.split("."):  # type: ignore[attr-defined]
+        found = getattr(found, part, None)
+    if found is not fn:
+        return False
+    cloudpickle = sys.modules.get("cloudpickle")
+    if cloudpickle is not None:
+        by_value = cloudpickle.list_registry_pickle_by_value()
+        parts = module_name.split(".")
+        if any(".".join(parts[:end]) in by_value for end in range(1, len(parts) + 1)):
+            return False
+    return True
 
 
 def dumps_arguments(fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
@@ -83,12 +118,19 @@ def dumps_arguments(fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, An
 # Python-level pickler to set up. Bytes only while small (big ones go out of band).
 _PLAIN = frozenset({int, float, str, bool, type(None), complex})
 _PLAIN_BYTES_MAX = 4096
+# A tuple or list this short is looked at item by item for plain values.
+_PLAIN_ITEMS = 16
 
 
-def _plain(values: Any) -> bool:
+def _plain(values: Any, nested: bool = True) -> bool:
+    """Whether each value is plain, or (``nested``) a short tuple or list of plain values."""
     for value in values:
         kind = type(value)
-        if kind not in _PLAIN and not (kind is bytes and len(value) <= _PLAIN_BYTES_MAX):
+        if kind in _PLAIN or (kind is bytes and len(value) <= _PLAIN_BYTES_MAX):
+            continue
+        if not (
+            nested and (kind is tuple or kind is list) and len(value) <= _PLAIN_ITEMS and _plain(value, False)
+        ):
             return False
     return True
 
@@ -120,7 +162,7 @@ def dumps_items(fn_name: str, first: int, items: list[Any]) -> tuple[bytes, Segm
 
 def dumps_result(result: object) -> tuple[bytes, Segment | None]:
     """Pickle a task's result in the worker, big buffers out of band."""
-    if type(result) in _PLAIN:
+    if _plain((result,)):
         return pickle.dumps(result, protocol=PROTOCOL), None
     return dumps_out_of_band(result, _pickler())
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import psutil
-
 from ._memory import tree_rss
 
 __all__ = ["PoolStats", "Tally", "WorkerStats", "with_usage"]
@@ -124,6 +122,8 @@ def with_usage(stats: PoolStats) -> PoolStats:
 
 
 def _cpu_seconds(pid: int) -> float | None:
+    import psutil  # when first needed: it is most of the pool's import time
+
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.Error:

@@ -85,7 +85,7 @@ from ._futures import Future
 from ._lifecycle import MAX_START_FAILURES, RESPAWNS_PER_SECOND, WorkerLifecycle
 from ._memory import OomWatch
 from ._outcomes import cancel, copy_error, fail
-from ._processes import block_async_signals, children_of
+from ._processes import block_async_signals, children_of, load_psutil
 from ._routing import Routing
 from ._stats import PoolStats, Tally, with_usage
 from ._workers import Task, WorkerHandle
@@ -326,6 +326,7 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         try:
             self._spawn_missing()
+            load_psutil()  # while the first workers start
             while True:
                 self._serve_requests()
                 self._dispatch()

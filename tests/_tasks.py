@@ -30,6 +30,11 @@ def getpid(_: object = None) -> int:
     return os.getpid()
 
 
+def loaded(modules: list[str]) -> list[bool]:
+    """Which of ``modules`` this worker has imported."""
+    return [name in sys.modules for name in modules]
+
+
 def sleep_then(seconds: float, value: Any) -> Any:
     time.sleep(seconds)  # simulated work, not synchronization
     return value

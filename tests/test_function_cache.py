@@ -102,3 +102,63 @@ def test_lru_keys() -> None:
     assert keys.touch(3) == 2
     assert 1 in keys and 3 in keys and 2 not in keys
     assert len(keys) == 2
+
+
+def test_module_functions_are_named_by_reference_without_cloudpickle() -> None:
+    """As cloudpickle would name them, so neither side must load it for them."""
+    import pickle
+    import types
+
+    import _tasks
+    import cloudpickle
+
+    from pool._serialize import _named_by_reference, dumps_function
+
+    assert _named_by_reference(_tasks.square)
+    assert _named_by_reference(abs)
+    assert dumps_function(_tasks.square) == pickle.dumps(_tasks.square, protocol=5)
+
+    def local(x: int) -> int:
+        return x
+
+    assert not _named_by_reference(local)
+    assert not _named_by_reference(lambda x: x)
+    main_function = types.FunctionType(local.__code__, {"__name__": "__main__"}, "square")
+    main_function.__module__ = "__main__"
+    assert not _named_by_reference(main_function)
+    impostor = types.FunctionType(local.__code__, {}, "square")
+    impostor.__module__, impostor.__qualname__ = "_tasks", "square"
+    assert not _named_by_reference(impostor)  # the module's square is another function
+    cloudpickle.register_pickle_by_value(_tasks)
+    try:
+        assert not _named_by_reference(_tasks.square)
+    finally:
+        cloudpickle.unregister_pickle_by_value(_tasks)
+
+
+ONLY_MODULE_FUNCTIONS = """
+import sys
+from pool import Pool
+from _tasks import loaded
+
+assert "psutil" not in sys.modules and "cloudpickle" not in sys.modules, "imported with the pool"
+with Pool(1) as p:
+    in_worker = p.submit(loaded, ["cloudpickle", "multiprocessing.connection"]).result(timeout=60)
+print(in_worker, "cloudpickle" in sys.modules)
+"""
+
+
+def test_a_job_of_module_functions_never_loads_cloudpickle(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(ONLY_MODULE_FUNCTIONS)
+    tests = Path(__file__).parent
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)])),
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[False,", "False]", "False"]
