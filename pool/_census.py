@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
-from ._stats import PoolStats, Tally, WorkerStats
+from ._tally import Tally
 from ._workers import Task, WorkerHandle
+
+if TYPE_CHECKING:
+    from ._stats import PoolStats
 
 
 class Census:
@@ -32,6 +36,8 @@ class Census:
     spawned: int
 
     def _census(self) -> PoolStats:
+        from ._stats import PoolStats, WorkerStats
+
         """The counts and the workers now, without reading /proc (see `pool._stats`).
 
         Run by this thread between two events (or by a caller once it is

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import TaskTimeout
 from ._outcomes import fail
-from ._stats import Tally
+from ._tally import Tally
 from ._workers import Task, WorkerHandle
 
 

@@ -36,7 +36,7 @@ from ._errors import describe_exit
 from ._memory import OomWatch, tree_rss
 from ._outcomes import fail
 from ._processes import kill_all, kill_tree, signals_unblocked
-from ._stats import Tally
+from ._tally import Tally
 from ._workers import Task, WorkerHandle
 
 logger = logging.getLogger("pool")

@@ -19,7 +19,7 @@ from typing import Any
 from ._errors import SerializationError
 from ._segments import Segment, loads_out_of_band
 from ._serialize import add_note, loads, loads_exception
-from ._stats import Tally
+from ._tally import Tally
 from ._workers import Task
 
 

@@ -23,7 +23,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _protocol as proto
 from ._errors import PoolClosed
@@ -34,9 +34,12 @@ from ._progress import progress_bar
 from ._segments import Segment
 from ._serialize import describe_callable, dumps_arguments, dumps_call, dumps_function, dumps_items
 from ._start import resolve_context
-from ._stats import PoolStats
 from ._supervisor import Supervisor
 from ._workers import Task
+
+if TYPE_CHECKING:
+    from ._stats import PoolStats
+
 
 __all__ = ["Pool", "PoolView"]
 

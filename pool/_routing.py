@@ -29,7 +29,7 @@ from . import _protocol as proto
 from ._outcomes import cancel, deliver_error, deliver_result, log_record
 from ._segments import Segment, send_segments
 from ._serialize import loads, loads_exception
-from ._stats import Tally
+from ._tally import Tally
 from ._workers import PIPE_BUDGET, Task, WorkerHandle, task_size
 
 # Measure a worker's memory (with its children) at most this often, after it

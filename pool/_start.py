@@ -32,7 +32,7 @@ from typing import Any
 from . import _zygote
 from ._errors import describe_exit
 
-__all__ = ["default_context", "resolve_context", "server_pid"]
+__all__ = ["default_context", "prestart", "resolve_context", "server_pid"]
 
 # What the server imports before it serves (every worker needs it), and
 # while it waits for its first requests (what most workers need soon).
@@ -50,6 +50,15 @@ def default_context() -> multiprocessing.context.BaseContext:
     if _SERVER_AVAILABLE:
         return _ServerContext()
     return multiprocessing.get_context("spawn")
+
+
+def prestart(context: multiprocessing.context.BaseContext) -> None:
+    """Have the fork server boot now, if ``context`` uses it, without waiting for it."""
+    if isinstance(context, _ServerContext):
+        try:
+            _server.prestart()
+        except OSError:
+            pass  # the first worker's start tries again, and reports it
 
 
 def server_pid() -> int | None:
@@ -79,6 +88,12 @@ class _Server:
     def pid(self) -> int | None:
         with self._lock:
             return self._pid if self._running() else None
+
+    def prestart(self) -> None:
+        with self._lock:
+            if not self._running():
+                self._forget()
+                self._start()
 
     def fork(self, payload: bytes, fds: list[int]) -> tuple[int, int]:
         """Ask for one fork; return the read end of its status pipe, and the server's pid.

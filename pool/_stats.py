@@ -8,8 +8,10 @@ CPU time from the operating system (`with_usage`): reading /proc for a
 process tree takes far longer than a task's round trip, and the thread
 that serves every task must not wait for it.
 
-The counts behind the census live in a `Tally`, written where futures end
-(`pool._outcomes` and the supervisor); see it for who writes what.
+The counts behind the census live in a `pool._tally.Tally`, written where
+futures end (`pool._outcomes` and the supervisor); see it for who writes
+what. This module (dataclasses, and inspect with them) loads with the first
+``stats()``, not with the pool.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ._memory import tree_rss
 
-__all__ = ["PoolStats", "Tally", "WorkerStats", "with_usage"]
+__all__ = ["PoolStats", "WorkerStats", "with_usage"]
 
 
 @dataclass(frozen=True)
@@ -81,31 +83,6 @@ class PoolStats:
     retried: int
     restarts: int
     workers: tuple[WorkerStats, ...]
-
-
-class Tally:
-    """The running counts of one pool, kept by its supervisor.
-
-    ``done``, ``failed`` and ``retried`` are written only by the supervisor
-    thread, where it ends a task's future (`pool._outcomes`) or puts a task
-    back. ``submitted`` and ``cancelled`` are written under the supervisor's
-    lock, since callers' threads submit and cancel too. A task a caller
-    cancels with ``future.cancel()`` while it waits in the queue is counted
-    by the supervisor when it takes it out (see `Supervisor._dispatch`).
-    """
-
-    __slots__ = ("cancelled", "done", "failed", "retried", "submitted")
-
-    def __init__(self) -> None:
-        self.submitted = 0
-        self.done = 0
-        self.failed: dict[str, int] = {}
-        self.cancelled = 0
-        self.retried = 0
-
-    def fail(self, error: BaseException) -> None:
-        name = type(error).__name__
-        self.failed[name] = self.failed.get(name, 0) + 1
 
 
 def with_usage(stats: PoolStats) -> PoolStats:

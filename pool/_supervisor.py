@@ -76,7 +76,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._census import Census
 from ._deadlines import Deadlines
@@ -87,8 +87,13 @@ from ._memory import OomWatch
 from ._outcomes import cancel, copy_error, fail
 from ._processes import block_async_signals, children_of, load_psutil
 from ._routing import Routing
-from ._stats import PoolStats, Tally, with_usage
+from ._start import prestart
+from ._tally import Tally
 from ._workers import Task, WorkerHandle
+
+if TYPE_CHECKING:
+    from ._stats import PoolStats
+
 
 logger = logging.getLogger("pool")
 
@@ -250,6 +255,8 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
     def stats(self) -> PoolStats:
         """The counts and the workers now; see `PoolStats`."""
         # A census in this thread, then /proc is read in the caller's.
+        from ._stats import with_usage
+
         return with_usage(self._ask(self._census, self._census))
 
     def _ask(self, question: Callable[[], T], otherwise: Callable[[], T]) -> T:
@@ -325,8 +332,11 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         try:
+            # The fork server boots in its own process (tens of milliseconds
+            # when it is not running yet); psutil loads here meanwhile.
+            prestart(self._context)
+            load_psutil()
             self._spawn_missing()
-            load_psutil()  # while the first workers start
             while True:
                 self._serve_requests()
                 self._dispatch()
