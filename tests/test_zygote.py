@@ -19,7 +19,7 @@ from _support import Handshake, worker_pids
 from _tasks import announce, read_fifo
 from conftest import close, wait_gone
 
-from pool import InitializerFailed, Pool, _start
+from pool import InitializerFailed, Pool, _server
 from pool._start import server_pid
 
 ROOT = Path(__file__).parent.parent
@@ -164,7 +164,7 @@ def test_a_forked_caller_starts_its_own_server(pool: Pool) -> None:
 
 SERVER_OF_A_SCRIPT = """
 import sys
-from pool import InitializerFailed, Pool, _start
+from pool import InitializerFailed, Pool, _server
 from pool._start import server_pid
 
 with Pool(1) as p:
@@ -288,7 +288,7 @@ def test_a_worker_waits_for_its_tasks_threads_before_it_exits(tmp_path: Path) ->
 
 
 def test_a_stopped_server_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_start, "SERVER_TIMEOUT", 1.0)
+    monkeypatch.setattr(_server, "TIMEOUT", 1.0)
     with Pool(1) as p:
         p.submit(_pid).result(timeout=60)
     stopped = psutil.Process(server_pid() or 0)
@@ -305,7 +305,7 @@ def test_a_stopped_server_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch
 
 def test_a_server_that_cannot_start_breaks_the_pool_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     _kill_server()
-    monkeypatch.setattr(_start.spawn, "get_executable", lambda: b"/nonexistent/python")
+    monkeypatch.setattr(_server.spawn, "get_executable", lambda: b"/nonexistent/python")
     p = Pool(1)
     try:
         with pytest.raises(InitializerFailed, match=r"could not be started 3 times in a row.*nonexistent"):
