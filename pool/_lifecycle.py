@@ -92,18 +92,25 @@ class WorkerLifecycle:
         return sum(1 for w in self._workers if not (w.stopping or w.doomed or w.unreachable))
 
     def _spawn_missing(self) -> None:
+        """Start one missing worker, and have the next started as soon as events are seen to.
+
+        One at a time: each start waits a round trip to the fork server, and
+        a pool of many workers would otherwise serve nothing until the last
+        of them had started. So the first ready worker gets work at once.
+        """
         if self._closing and not self._pending:
             return
-        while self._broken is None and self._live() < self._max_workers:
-            now = self._clock()
-            while self._spawned_at and self._spawned_at[0] <= now - 1.0:
-                self._spawned_at.popleft()
-            if len(self._spawned_at) >= RESPAWNS_PER_SECOND * self._max_workers:
-                self._spawn_deadline = self._spawned_at[0] + 1.0  # try again then
-                return
-            self._spawned_at.append(now)
-            if not self._spawn():
-                return
+        if self._broken is not None or self._live() >= self._max_workers:
+            return
+        now = self._clock()
+        while self._spawned_at and self._spawned_at[0] <= now - 1.0:
+            self._spawned_at.popleft()
+        if len(self._spawned_at) >= RESPAWNS_PER_SECOND * self._max_workers:
+            self._spawn_deadline = self._spawned_at[0] + 1.0  # try again then
+            return
+        self._spawned_at.append(now)
+        if self._spawn() and self._live() < self._max_workers:
+            self._spawn_deadline = now  # the wait for events returns at once
 
     def _spawn(self) -> bool:
         """Start one worker; False if it could not be started (tried again later)."""

@@ -133,11 +133,16 @@ def test_respawns_are_rate_limited(
     monkeypatch.setattr(supervisor, "_spawn", lambda: spawned.append(clock.now) or True)
     limit = supervisor_module.RESPAWNS_PER_SECOND * 2
     supervisor._spawn_missing()  # no worker ever appears: every call wants more
+    assert len(spawned) == 1
+    assert supervisor._next_deadline(clock.now) == clock.now  # the next one without waiting
+    for _ in range(3 * limit):
+        supervisor._enforce_deadlines(clock.now)
     assert len(spawned) == limit
     assert supervisor._next_deadline(clock.now) == clock.now + 1.0
     clock.now += 0.5
     supervisor._enforce_deadlines(clock.now)
     assert len(spawned) == limit
     clock.now += 0.5
-    supervisor._enforce_deadlines(clock.now)
+    for _ in range(3 * limit):
+        supervisor._enforce_deadlines(clock.now)
     assert len(spawned) == 2 * limit
