@@ -148,9 +148,9 @@ class WorkerLifecycle:
             error.__cause__ = exc
             self._break(error)
             return
-        retry = self._clock() + 1.0 / RESPAWNS_PER_SECOND
-        if self._spawn_deadline is None or retry < self._spawn_deadline:
-            self._spawn_deadline = retry
+        # Not sooner, even if a start was due at once: a fork server down
+        # for a moment must not use up the failures allowed in a row.
+        self._spawn_deadline = self._clock() + 1.0 / RESPAWNS_PER_SECOND
 
     def _watch(self, fileobj: Any, index: dict[Any, WorkerHandle], worker: WorkerHandle) -> None:
         index[fileobj] = worker

@@ -312,6 +312,11 @@ def _rename_code(rebuild: Callable[..., CodeType], args: tuple[Any, ...], filena
     return rebuild(*args).replace(co_filename=filename)
 
 
+def load_cloudpickle() -> None:
+    """Import cloudpickle now rather than at the first call that needs it."""
+    _pickler()
+
+
 @functools.cache
 def _pickler() -> type[pickle.Pickler]:
     """cloudpickle's Pickler, plus exceptions as described above and tracebacks.

@@ -306,8 +306,27 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
     def _start_thread(self) -> None:
         with self._start_lock:
             if not self._started:
+                self._load_modules()
                 self._thread.start()
                 self._started = True
+
+    def _load_modules(self) -> None:
+        """Import, in the caller's thread, what this pool loads only when it needs it.
+
+        Not in the supervisor thread: a process forked while another thread
+        is inside an import waits for that import's lock for ever. That is
+        a fork of the caller (a server forking its workers, a fork-based
+        pool) while this thread imports, or, with the ``fork`` start
+        method, our own fork of a worker while the caller imports. The fork
+        server boots meanwhile, in its own process.
+        """
+        prestart(self._context)
+        load_psutil()
+        if self._context.get_start_method() == "fork":
+            from . import _stats  # noqa: F401
+            from ._serialize import load_cloudpickle
+
+            load_cloudpickle()
 
     def _wake(self) -> None:
         # Called with _lock held, so the pipe cannot be closed under us (a
@@ -332,10 +351,6 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         try:
-            # The fork server boots in its own process (tens of milliseconds
-            # when it is not running yet); psutil loads here meanwhile.
-            prestart(self._context)
-            load_psutil()
             self._spawn_missing()
             while True:
                 self._serve_requests()

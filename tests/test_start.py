@@ -110,3 +110,31 @@ def test_a_fresh_worker_imports_only_the_worker_side() -> None:
     assert not psutil_loaded
     assert "pool._supervisor" not in modules and "pool._pipeline" not in modules
     assert "pool._worker" in modules
+
+
+LOADS_BEFORE_IT_FORKS = """
+import sys
+from pool import Pool
+
+with Pool(1) as p:
+    assert "psutil" not in sys.modules, "imported with the pool"
+    future = p.submit(abs, -1)
+    # The first submit imported it in this thread: a fork of this process now
+    # cannot find another thread inside that import.
+    assert "psutil" in sys.modules
+    assert future.result(timeout=60) == 1
+assert "cloudpickle" not in sys.modules  # nothing needed it
+
+with Pool(4, mp_context="fork") as p:
+    # Forked workers: what the caller may import later is imported before the
+    # first fork, or a worker forked during that import would wait for ever.
+    assert p.submit(abs, -1).result(timeout=60) == 1
+    assert "cloudpickle" in sys.modules
+    futures = [p.submit(lambda x: x + 1, i) for i in range(16)]
+    assert [f.result(timeout=60) for f in futures] == list(range(1, 17))
+"""
+
+
+def test_the_first_submit_loads_what_the_pool_needs_in_the_callers_thread(tmp_path: Path) -> None:
+    result, _ = _run_script(tmp_path, LOADS_BEFORE_IT_FORKS)
+    assert result.returncode == 0, result.stderr
