@@ -288,7 +288,7 @@ def test_a_worker_waits_for_its_tasks_threads_before_it_exits(tmp_path: Path) ->
 
 
 def test_a_stopped_server_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_server, "TIMEOUT", 1.0)
+    monkeypatch.setattr(_server, "TIMEOUT", 3.0)
     with Pool(1) as p:
         p.submit(_pid).result(timeout=60)
     stopped = psutil.Process(server_pid() or 0)
