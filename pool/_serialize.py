@@ -139,11 +139,11 @@ def dumps_call(
     fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> tuple[bytes, Segment | None]:
     """As `dumps_arguments`, with big buffers out of band (see `pool._segments`)."""
-    if len(args) <= 8 and _plain(args) and (not kwargs or _plain(kwargs.values())):
-        return pickle.dumps((args, kwargs), protocol=PROTOCOL), None
     try:
+        if len(args) <= 8 and _plain(args) and (not kwargs or _plain(kwargs.values())):
+            return pickle.dumps((args, kwargs), protocol=PROTOCOL), None
         return dumps_out_of_band((args, kwargs), _pickler())
-    except Exception as exc:
+    except Exception as exc:  # also a list another thread changed since it was found plain
         raise _unpicklable_arguments(fn_name, args, kwargs, exc) from exc
 
 
