@@ -10,8 +10,9 @@ again: every function, class and argument from ``__main__`` travels by value
 
 To the supervisor a worker is still a multiprocessing ``Process``, with a
 sentinel, an exit code, ``join`` and ``kill``: `_ServerPopen` is
-multiprocessing's forkserver ``Popen`` (whose status protocol `pool._zygote`
-speaks) with its own way to launch, through `pool._server`.
+multiprocessing's fork ``Popen`` with its own way to launch, through
+`pool._server`, and its own way to learn the exit code (`pool._zygote`
+reports it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import multiprocessing.context
 import multiprocessing.process
 import os
 import sys
-from multiprocessing import forkserver, popen_forkserver, util
+from multiprocessing import popen_fork, util
 from typing import Any
 
 from . import _server, _zygote
@@ -57,8 +58,8 @@ def server_pid() -> int | None:
     return _server.server.pid()
 
 
-class _ServerPopen(popen_forkserver.Popen):
-    """multiprocessing's forkserver ``Popen``, launched through `pool._zygote`."""
+class _ServerPopen(popen_fork.Popen):
+    """multiprocessing's fork ``Popen``, launched through `pool._zygote`."""
 
     def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
         fds: list[int] = []
@@ -90,7 +91,7 @@ class _ServerPopen(popen_forkserver.Popen):
                 raise OSError(
                     f"the fork server (pid {server}) did not start a worker in {_server.TIMEOUT:g} s"
                 )
-            self.pid = forkserver.read_signed(status_r)
+            self.pid = _zygote.read_status(status_r)
         except EOFError:  # the server died before it forked; the next start makes a new one
             how = _server.server.forget(server)
             raise OSError(f"the fork server (pid {server}) ended{how} before it started a worker") from None
@@ -123,7 +124,7 @@ class _ServerPopen(popen_forkserver.Popen):
         if self.sentinel != self._status and not multiprocessing.connection.wait([self._status], STATUS_WAIT):
             return 255
         try:
-            return int(forkserver.read_signed(self._status))
+            return _zygote.read_status(self._status)
         except (OSError, EOFError):
             return 255
 

@@ -41,10 +41,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HEADER", "STATUS", "RequestPickler", "parent_sentinel", "process_state", "serve"]
+__all__ = ["HEADER", "RequestPickler", "parent_sentinel", "process_state", "read_status", "serve"]
 
 HEADER = struct.Struct("!Q")
-# As multiprocessing's forkserver writes them: its Popen reads them back.
+# A child's pid, then its exit code, on its status pipe (`read_status`).
 STATUS = struct.Struct("q")
 # Seconds without a request before the server loads what workers need later:
 # a pool asks for all its workers at once, and an import (cloudpickle takes
@@ -154,6 +154,17 @@ def _peek_ended() -> tuple[int, int] | None:
         return None
     code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
     return info.si_pid, code
+
+
+def read_status(fd: int) -> int:
+    """The next number on a status pipe (the caller's side); EOFError if the server is gone."""
+    data = b""
+    while len(data) < STATUS.size:
+        chunk = os.read(fd, STATUS.size - len(data))
+        if not chunk:
+            raise EOFError("the fork server closed the status pipe")
+        data += chunk
+    return int(STATUS.unpack(data)[0])
 
 
 def _write_status(fd: int, value: int) -> None:
