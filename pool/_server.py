@@ -23,7 +23,7 @@ __all__ = ["AVAILABLE", "TIMEOUT", "close_quietly", "open_stdio", "search_path",
 # What the server imports before it serves (every worker needs it), and
 # while it waits for its first requests (what most workers need soon).
 _PRELOAD = ["pool._worker", "multiprocessing"]
-_IDLE_PRELOAD = ["cloudpickle", "pool._serialize", "tblib"]
+_IDLE_PRELOAD = ["cloudpickle", "tblib"]
 
 
 class _Server:
