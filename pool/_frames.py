@@ -24,7 +24,7 @@ import struct
 from collections import deque
 from typing import Any
 
-__all__ = ["Channel", "FrameReader", "frame_header"]
+__all__ = ["Channel", "FrameReader", "frame_header", "read_exact", "send_with_fds"]
 
 # One read takes at most this much; a frame bigger than that is read straight
 # into a buffer of its own size.
@@ -80,33 +80,41 @@ class Channel:
 
     def recv_bytes(self) -> bytes | bytearray:
         """The next frame; EOFError once the other end closed."""
-        (length,) = _LENGTH.unpack(self._read_exact(4))
+        (length,) = _LENGTH.unpack(read_exact(self.fileno(), 4))
         if length == -1:
-            (length,) = _LONG_LENGTH.unpack(self._read_exact(8))
-        return self._read_exact(length)
+            (length,) = _LONG_LENGTH.unpack(read_exact(self.fileno(), 8))
+        return read_exact(self.fileno(), length)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fileno(), view) :]
 
-    def _read_exact(self, length: int) -> bytes | bytearray:
-        fd = self.fileno()
-        first = os.read(fd, length)
-        if len(first) == length:
-            return first
-        if not first and length:
+
+def read_exact(fd: int, length: int) -> bytes | bytearray:
+    """Exactly ``length`` bytes from ``fd``, as few reads as it takes; EOFError at end of file."""
+    first = os.read(fd, length)
+    if len(first) == length:
+        return first
+    if not first:
+        raise EOFError
+    buffer = bytearray(length)
+    buffer[: len(first)] = first
+    got = len(first)
+    view = memoryview(buffer)
+    while got < length:
+        count = os.readv(fd, [view[got:]])
+        if not count:
             raise EOFError
-        buffer = bytearray(length)
-        buffer[: len(first)] = first
-        got = len(first)
-        view = memoryview(buffer)
-        while got < length:
-            count = os.readv(fd, [view[got:]])
-            if not count:
-                raise EOFError
-            got += count
-        return buffer
+        got += count
+    return buffer
+
+
+def send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    """All of ``data``, the descriptors attached to its first bytes (a plain send would drop them)."""
+    sent = socket.send_fds(sock, [data], fds)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 class FrameReader:

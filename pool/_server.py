@@ -17,6 +17,7 @@ from multiprocessing import process, spawn, util
 
 from . import _zygote
 from ._errors import describe_exit
+from ._frames import send_with_fds
 
 __all__ = ["AVAILABLE", "TIMEOUT", "close_quietly", "open_stdio", "search_path", "server"]
 
@@ -51,9 +52,7 @@ class _Server:
 
     def prestart(self) -> None:
         with self._lock:
-            if not self._running():
-                self._forget()
-                self._start()
+            self._ensure_running()
 
     def fork(self, payload: bytes, fds: list[int]) -> tuple[int, int]:
         """Ask for one fork; return the read end of its status pipe, and the server's pid.
@@ -94,15 +93,15 @@ class _Server:
             return f" with {describe_exit(os.waitstatus_to_exitcode(status))}" if reaped else ""
 
     def _send(self, payload: bytes, fds: list[int]) -> int:
+        self._ensure_running()
+        assert self._ctl is not None and self._pid is not None
+        send_with_fds(self._ctl, _zygote.HEADER.pack(len(payload)) + payload, fds)
+        return self._pid
+
+    def _ensure_running(self) -> None:
         if not self._running():
             self._forget()
             self._start()
-        assert self._ctl is not None and self._pid is not None
-        message = _zygote.HEADER.pack(len(payload)) + payload
-        sent = socket.send_fds(self._ctl, [message], fds)
-        if sent < len(message):
-            self._ctl.sendall(memoryview(message)[sent:])
-        return self._pid
 
     def _running(self) -> bool:
         """Whether the server runs; reaps it if it ended."""

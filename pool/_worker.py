@@ -17,7 +17,6 @@ quick to start, and it keeps its own promises:
 
 from __future__ import annotations
 
-import array
 import faulthandler
 import io
 import logging
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from . import _protocol as proto
 from . import _zygote
 from ._errors import SerializationError
-from ._frames import frame_header
+from ._frames import frame_header, send_with_fds
 from ._segments import Segment, close_inherited, loads_out_of_band, receive_segments, socket_of
 from ._serialize import describe_callable, drop_frames_of, dumps_exception, dumps_result, loads
 
@@ -241,11 +240,7 @@ class _Sender:
 
     def _send_attached(self, data: bytes, fd: int) -> None:
         """One frame as ``send_bytes`` makes it, the descriptor attached (see `pool._frames`)."""
-        frame = frame_header(len(data)) + data
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
-        sent = self.socket().sendmsg([frame], rights)
-        if sent < len(frame):
-            self.socket().sendall(memoryview(frame)[sent:])
+        send_with_fds(self.socket(), frame_header(len(data)) + data, [fd])
 
     def socket(self) -> socket.socket:
         if self._sock is None:

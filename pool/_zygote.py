@@ -41,6 +41,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ._frames import Channel, read_exact
+
 __all__ = ["HEADER", "RequestPickler", "parent_sentinel", "process_state", "read_status", "serve"]
 
 HEADER = struct.Struct("!Q")
@@ -158,13 +160,7 @@ def _peek_ended() -> tuple[int, int] | None:
 
 def read_status(fd: int) -> int:
     """The next number on a status pipe (the caller's side); EOFError if the server is gone."""
-    data = b""
-    while len(data) < STATUS.size:
-        chunk = os.read(fd, STATUS.size - len(data))
-        if not chunk:
-            raise EOFError("the fork server closed the status pipe")
-        data += chunk
-    return int(STATUS.unpack(data)[0])
+    return int(STATUS.unpack(read_exact(fd, STATUS.size))[0])
 
 
 def _write_status(fd: int, value: int) -> None:
@@ -183,23 +179,12 @@ def _receive(ctl: socket.socket) -> tuple[bytes, list[int]] | None:
     try:
         if flags & socket.MSG_CTRUNC or not fds:
             raise OSError("a request came without its descriptors")
-        header += _read_exact(ctl, HEADER.size - len(header))
+        header += read_exact(ctl.fileno(), HEADER.size - len(header))
         (length,) = HEADER.unpack(header)
-        return _read_exact(ctl, length), fds
+        return bytes(read_exact(ctl.fileno(), length)), fds
     except BaseException:
         _close_all(fds)
         raise
-
-
-def _read_exact(ctl: socket.socket, length: int) -> bytes:
-    chunks = []
-    while length:
-        chunk = ctl.recv(length)
-        if not chunk:
-            raise EOFError("the caller closed its end mid-request")
-        chunks.append(chunk)
-        length -= len(chunk)
-    return b"".join(chunks)
 
 
 def _close_all(fds: list[int]) -> None:
@@ -328,8 +313,6 @@ class _RequestUnpickler(pickle.Unpickler):
         self._fds = fds
 
     def persistent_load(self, pid: object) -> object:
-        from ._frames import Channel
-
         assert isinstance(pid, int)
         return Channel(self._fds[pid])
 
