@@ -91,12 +91,15 @@ class _ServerPopen(popen_fork.Popen):
                 raise OSError(
                     f"the fork server (pid {server}) did not start a worker in {_server.TIMEOUT:g} s"
                 )
-            self.pid = _zygote.read_status(status_r)
-        except EOFError:  # the server died before it forked; the next start makes a new one
-            how = _server.server.forget(server)
-            raise OSError(f"the fork server (pid {server}) ended{how} before it started a worker") from None
+            try:
+                self.pid = _zygote.read_status(status_r)
+            except EOFError:  # the server died before it forked; the next start makes a new one
+                how = _server.server.forget(server)
+                raise OSError(
+                    f"the fork server (pid {server}) ended{how} before it started a worker"
+                ) from None
         except BaseException:
-            self.finalizer()
+            self.finalizer()  # its status pipe, on every way out
             raise
         pidfd = _pidfd_of(self.pid)
         if pidfd is not None:
