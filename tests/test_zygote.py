@@ -90,13 +90,22 @@ def _pid() -> int:
     return os.getpid()
 
 
+def _kill_server() -> int | None:
+    """SIGKILL the fork server, if one runs, and wait until it is gone; its pid."""
+    pid = server_pid()
+    if pid is not None:
+        server = psutil.Process(pid)
+        server.kill()
+        server.wait(60)
+    return pid
+
+
 def test_a_killed_server_is_replaced_and_its_workers_stay(pool: Pool) -> None:
     """The workers are not the server's: they serve on, and new ones start from a new server."""
     pool.submit(_pid).result(timeout=60)
     workers = [psutil.Process(pid) for pid in worker_pids(pool)]
-    server = psutil.Process(server_pid() or 0)
-    server.kill()
-    server.wait(60)
+    killed = _kill_server()
+    assert killed is not None
     assert all(worker.is_running() for worker in workers)
     assert pool.submit(_pid).result(timeout=60) in {w.pid for w in workers}
     assert set(worker_pids(pool)) == {w.pid for w in workers}  # none taken for dead
@@ -105,7 +114,7 @@ def test_a_killed_server_is_replaced_and_its_workers_stay(pool: Pool) -> None:
         worker.kill()
     assert wait_gone(workers) == []
     assert pool.submit(_pid).result(timeout=60) not in {w.pid for w in workers}
-    assert server_pid() not in (None, server.pid)
+    assert server_pid() not in (None, killed)
 
 
 def _announce_then_wait(announce_path: str, release_path: str) -> int:
@@ -119,12 +128,11 @@ def test_a_task_running_when_the_server_dies_finishes(pool: Pool, tmp_path: Path
     os.mkfifo(release)
     future = pool.submit(_announce_then_wait, running.path, str(release))
     pid = running.wait_pid()
-    server = psutil.Process(server_pid() or 0)
-    server.kill()
-    server.wait(60)
+    killed = _kill_server()
+    assert killed is not None
     with Pool(1) as other:  # starts a new server: the old one's workers must not notice
         assert other.submit(_pid).result(timeout=60) != pid
-    assert server_pid() not in (None, server.pid)
+    assert server_pid() not in (None, killed)
     with open(release, "w") as fifo:
         fifo.write("go\n")
     assert future.result(timeout=60) == pid
@@ -193,14 +201,6 @@ def test_the_server_ends_with_its_caller(tmp_path: Path) -> None:
             assert wait_gone(tree, timeout=60) == []
         finally:
             process.kill()
-
-
-def _kill_server() -> None:
-    pid = server_pid()
-    if pid is not None:
-        server = psutil.Process(pid)
-        server.kill()
-        server.wait(60)
 
 
 def test_a_server_started_above_descriptor_1023(tmp_path: Path) -> None:
