@@ -5,7 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Generator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ._direct import Direct
+    from ._workers import WorkerHandle
 
 T = TypeVar("T")
 
@@ -22,6 +26,34 @@ class Future(concurrent.futures.Future[T]):
     """
 
     __module__ = "pool"
+
+    # Set when the pool sent this future's task straight to an idle worker
+    # from the caller's thread: a thread that waits for it may then read the
+    # reply itself (see `pool._direct`). Cleared as the future ends.
+    _direct: tuple[Direct, WorkerHandle] | None = None
+    # While a thread delivers this future's result that way, its done
+    # callbacks wait until that thread has handed the worker back.
+    _holding = False
+    _held = False
+
+    def result(self, timeout: float | None = None) -> T:
+        direct = self._direct
+        if direct is not None and self._state == RUNNING:
+            timeout = direct[0].receive_direct(self, direct[1], timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        direct = self._direct
+        if direct is not None and self._state == RUNNING:
+            timeout = direct[0].receive_direct(self, direct[1], timeout)
+        return super().exception(timeout)
+
+    def _invoke_callbacks(self) -> None:
+        self._direct = None
+        if self._holding:
+            self._held = True
+            return
+        super()._invoke_callbacks()  # type: ignore[misc]
 
     def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # here: workers and scripts without asyncio skip its import
@@ -74,5 +106,5 @@ class Future(concurrent.futures.Future[T]):
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
         return True

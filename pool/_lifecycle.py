@@ -159,7 +159,10 @@ class WorkerLifecycle:
     def _unwatch(self, fileobj: Any, index: dict[Any, WorkerHandle]) -> None:
         # Before the fd is closed: a closed fd cannot be taken out of epoll.
         if index.pop(fileobj, None) is not None:
-            self._selector.unregister(fileobj)
+            try:
+                self._selector.unregister(fileobj)
+            except KeyError:
+                pass  # a caller reading it directly took it out (`pool._direct`)
 
     # --- retiring and killing ----------------------------------------------
 

@@ -1,8 +1,8 @@
 """What crosses the workers' pipes: tasks and commands out, events back.
 
 Part of `Supervisor` (see the diagram in `pool._supervisor`), run by its
-thread (and `_send_direct` by callers', see "direct dispatch" below), on the
-state `Supervisor.__init__` sets up. Dispatch takes the
+thread (and by a caller's, while the supervisor waits: see `pool._direct`),
+on the state `Supervisor.__init__` sets up. Dispatch takes the
 queued tasks in order and sends each batch to the least-loaded worker that
 may take it (`WorkerHandle.accepts`: the pipe must never fill while the
 worker may be blocked writing to us); routing reads a worker's events,
@@ -18,7 +18,6 @@ its process: starting and ending those is `pool._lifecycle`'s.
 
 from __future__ import annotations
 
-import concurrent.futures
 import pickle
 import threading
 from collections import deque
@@ -26,11 +25,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as proto
-from ._outcomes import cancel, deliver_error, deliver_result, log_record
+from ._outcomes import deliver_error, deliver_result, log_record
 from ._segments import Segment, send_segments
 from ._serialize import loads, loads_exception
 from ._tally import Tally
-from ._workers import PIPE_BUDGET, Task, WorkerHandle, task_size
+from ._workers import Task, WorkerHandle
 
 # Measure a worker's memory (with its children) at most this often, after it
 # answers a task. Each look reads /proc for the whole process tree.
@@ -41,16 +40,12 @@ class Routing:
     """Dispatch and routing, as part of `Supervisor`; see the module docstring."""
 
     # The supervisor's state this part reads or writes: set up in
-    # `Supervisor.__init__`, owned by its thread.
+    # `Supervisor.__init__`, owned by its thread (or a caller's, `pool._direct`).
     _max_tasks: int | None
     _max_memory: int | None
     _clock: Callable[[], float]
     _lock: threading.Lock
     _pending: deque[Task]
-    _lent: list[WorkerHandle]
-    _requests: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
-    _closing: bool
-    _broken: BaseException | None
     _tally: Tally
     _workers: list[WorkerHandle]
     _by_conn: dict[Any, WorkerHandle]
@@ -61,8 +56,6 @@ class Routing:
         def _retire(self, worker: WorkerHandle) -> None: ...
         def _check_memory(self, worker: WorkerHandle, now: float) -> None: ...
         def _drop_conn(self, worker: WorkerHandle) -> None: ...
-        def _kill(self, worker: WorkerHandle) -> None: ...
-        def _wake(self) -> None: ...
 
     # --- dispatch and commands ---------------------------------------------
 
@@ -126,68 +119,6 @@ class Routing:
         if self._max_tasks is not None and worker.sent >= self._max_tasks:
             self._retire(worker)
 
-    # --- direct dispatch ----------------------------------------------------
-    #
-    # A task submitted while a worker sits idle and nothing waits would cost
-    # two thread switches here: the caller wakes this thread, which sends it.
-    # Instead, right before it waits for events, this thread lends its idle
-    # workers to callers (`_lend`); a caller's submit that finds one sends
-    # its task to it itself, and records it exactly as `_send_tasks` would
-    # (`_send_direct`). All of it under ``_lock``, and this thread takes its
-    # workers back (`_reclaim`), under ``_lock``, as soon as it wakes, before
-    # it touches any worker's state. So a worker's state has one writer at a
-    # time: this thread, or, while it waits, the callers one by one. Only
-    # tasks this thread need not watch go direct: no timeout (a deadline
-    # would not be in the wait already begun), no shared memory, small.
-
-    def _lend(self) -> None:
-        with self._lock:
-            if self._pending or self._closing or self._broken is not None or self._max_tasks is not None:
-                return
-            self._lent.extend(w for w in self._workers if not w.outstanding and w.usable())
-
-    def _reclaim(self) -> None:
-        with self._lock:
-            self._lent.clear()
-
-    def _send_direct(self, task: Task) -> bool:
-        """Send ``task`` to a lent worker, in the caller's thread (``_lock`` held); False if it may not."""
-        if (
-            not self._lent
-            or self._pending
-            or task.timeout is not None
-            or task.segment is not None
-            or task_size(task) > PIPE_BUDGET
-        ):
-            return False
-        worker = self._lent.pop()
-        try:
-            worker.conn.send_bytes(_encode(worker, [task]))
-            task.future._start()  # fresh, not yet returned to anyone: it cannot be cancelled
-            _record_sent(worker, [task], self._clock())
-        except OSError:
-            # Dead or dying: the task never reached it, and runs elsewhere.
-            self._discard_lent(worker)
-            return False
-        except BaseException:
-            # Interrupted (Ctrl-C lands in the caller's thread) between marking
-            # the function sent and recording the task: what the worker got
-            # is unknown, so it is ended, and what it held runs elsewhere. A
-            # task not recorded yet ends cancelled: its submit raises.
-            if not any(held is task for held in worker.outstanding):
-                self._tally.cancelled += 1
-                cancel(task)
-            self._discard_lent(worker)
-            raise
-        return True
-
-    def _discard_lent(self, worker: WorkerHandle) -> None:
-        """Have this thread kill a lent worker a caller could not send to, or left half changed."""
-        worker.doomed = True
-        worker.unreachable = True
-        self._requests.append((lambda: self._kill(worker), concurrent.futures.Future()))
-        self._wake()
-
     def _send_stop(self, worker: WorkerHandle) -> None:
         worker.stopping = True
         try:
@@ -205,7 +136,10 @@ class Routing:
             return
         self._handle_frames(worker, frames)
 
-    def _handle_frames(self, worker: WorkerHandle, frames: list[bytes]) -> None:
+    def _handle_frames(
+        self, worker: WorkerHandle, frames: list[bytes], logs: list[Any] | None = None
+    ) -> None:
+        """Handle a worker's events; with ``logs``, its log records go there, for the caller to handle."""
         messages = [loads(frame) for frame in frames]
         # Tasks whose ends arrived together took the time since the first of
         # them started together: each is timed as its share of it.
@@ -219,11 +153,13 @@ class Routing:
                 except OSError:
                     self._drop_conn(worker)
                     return
-            self._handle(worker, message, segment, ended)
+            self._handle(worker, message, segment, ended, logs)
             if message[0] in (proto.TASK_DONE, proto.TASK_FAILED):
                 ended = 0
 
-    def _handle(self, worker: WorkerHandle, message: Any, segment: Segment | None, ended: int) -> None:
+    def _handle(
+        self, worker: WorkerHandle, message: Any, segment: Segment | None, ended: int, logs: list[Any] | None
+    ) -> None:
         """One event; ``ended`` tasks ended with it (0 once its read's share was timed)."""
         tag = message[0]
         if tag in (proto.TASK_DONE, proto.TASK_FAILED):
@@ -246,7 +182,10 @@ class Routing:
             if self._max_memory is not None and now - worker.memory_checked >= MEMORY_CHECK_INTERVAL:
                 self._check_memory(worker, now)
         elif tag == proto.LOG_RECORD:
-            log_record(message[1])
+            if logs is None:
+                log_record(message[1])
+            else:
+                logs.append(message[1])
         elif tag == proto.WORKER_READY:
             worker.ready = True
             self._start_failures = 0

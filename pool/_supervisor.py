@@ -36,6 +36,7 @@ its methods come from one module per job, each a mixin working on the state
   sentinels, then SIGTERM, then SIGKILL; the graces are here);
 - ``_routing``: dispatch to the least-loaded worker, and the events routed
   back to futures;
+- ``_direct``: idle workers lent to callers' threads while this one waits;
 - ``_lifecycle``: workers started (paced), retired, killed, their deaths
   (blame, retry, requeue; a pool broken by failed starts), reaped;
 - ``_deadlines``: the nearest deadline to wait for, and what is due then;
@@ -48,9 +49,9 @@ Pipe and starts, kills and joins workers; only worker i uses the other end
 ``pending`` to cancel them (``shutdown``, ``clear``; under ``_lock``), and
 write one byte to the wake pipe. One exception, for latency: while this
 thread waits, a caller may send a task straight to a worker it lent them
-because it is idle, and record it as this thread would, under ``_lock``
-(direct dispatch, in ``_routing``); this thread takes the worker back
-under ``_lock`` before it touches it again. Whatever else a caller wants of the
+because it is idle, and one caller may read that task's reply itself,
+doing what this thread would (``_direct``); this thread takes the worker
+back, under ``_lock``, before it touches it again. Whatever else a caller wants of the
 workers' state (stop a running task, a census for `Pool.stats`) is a
 request this thread runs between two events (`Supervisor._ask`). No queue
 is shared with a worker, so no lock can be left held by a worker that dies.
@@ -60,8 +61,9 @@ Results and errors are counted where this thread sets them
 (`pool._outcomes`). Cancels are counted under ``_lock``, as cancelled tasks
 are taken out of ``pending`` or found in it; see `Supervisor._dispatch`.
 
-Futures' done callbacks run in this thread, as in ProcessPoolExecutor: a
-callback that blocks delays every other task of the pool.
+Futures' done callbacks run in this thread, as in ProcessPoolExecutor
+(or in the caller's that read the reply itself): a callback that blocks
+delays every other task of the pool.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._census import Census
 from ._deadlines import Deadlines
+from ._direct import Direct
 from ._errors import PoolClosed
 from ._futures import Future
 from ._lifecycle import MAX_START_FAILURES, RESPAWNS_PER_SECOND, WorkerLifecycle
@@ -115,7 +118,7 @@ TERMINATE_GRACE = 2.0
 MAX_WAIT = 3600.0
 
 
-class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
+class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
     """Owns the workers of one `Pool`; see the module docstring."""
 
     def __init__(
@@ -140,8 +143,12 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
 
         self._lock = threading.Lock()
         self._pending: deque[Task] = deque()
-        # Idle workers a caller may send one task to itself (see _routing).
+        # While this thread waits: the idle workers a caller may send one task
+        # to itself, and the one caller reading a reply itself (see _direct).
+        self._waiting = False
         self._lent: list[WorkerHandle] = []
+        self._reader: int | None = None  # that caller's thread ident
+        self._reader_gone = threading.Condition(self._lock)
         self._closing = False
         self._aborting = False
         self._broken: BaseException | None = None
@@ -152,6 +159,7 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
 
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._recall_r, self._recall_w = os.pipe()
         self._wake_sent = False
         self._wake_closed = False
 
@@ -269,8 +277,8 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
         from that thread itself (a done callback), ``question`` runs at once:
         waiting for the answer would wait forever.
         """
-        if threading.current_thread() is self._thread:
-            return question()
+        if threading.current_thread() is self._thread or threading.get_ident() == self._reader:
+            return question()  # this thread, or a caller doing its work while it waits
         while True:
             reply: concurrent.futures.Future[T] = concurrent.futures.Future()
             with self._lock:
@@ -498,8 +506,8 @@ class Supervisor(Routing, WorkerLifecycle, Deadlines, Census):
             if self._wake_closed:
                 return
             self._wake_closed = True
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            for fd in (self._wake_r, self._wake_w, self._recall_r, self._recall_w):
+                os.close(fd)
 
 
 def _waiting(task: Task) -> bool:

@@ -310,3 +310,16 @@ def counted_segments(_: object = None) -> int:
     from pool import _segments
 
     return len(_segments._live)
+
+
+def fork_then_die(path: str) -> NoReturn:
+    """Start a child that keeps this worker's descriptors open (its pipe among them),
+    have it announce itself, then die by SIGKILL: the pipe never reads as closed."""
+    if os.fork() == 0:
+        try:
+            announce(path)
+            threading.Event().wait()
+        finally:
+            os._exit(0)
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")

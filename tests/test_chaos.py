@@ -474,7 +474,7 @@ def test_kills_of_starting_workers_do_not_break_the_pool(tmp_path: Path) -> None
 @pytest.mark.parametrize("threads_n", [1, 4])
 def test_callers_one_task_at_a_time_under_kills(threads_n: int) -> None:
     """Each caller waits for its task before the next: most go straight to an idle
-    worker from the caller's thread (see pool._routing, direct dispatch), while
+    worker from the caller's thread (see pool._direct), while
     workers are killed under them. Every task returns its own result."""
     per_thread, kills = 600 // threads_n, 6
     with Pool(WORKERS) as p:

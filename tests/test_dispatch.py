@@ -72,7 +72,7 @@ def test_cancel_futures_keeps_tasks_that_are_already_running_for_their_caller() 
     assert [t.future for t in supervisor._pending] == [running]
 
 
-# --- direct dispatch (see pool._routing) -------------------------------------------
+# --- direct dispatch (see pool._direct) -------------------------------------------
 
 
 class _BrokenConn:
@@ -126,9 +126,9 @@ def test_ctrl_c_during_a_direct_send_ends_the_worker_and_loses_no_task(
 ) -> None:
     """A Ctrl-C lands in the caller's thread, which now sends tasks itself: the worker
     it may have left with half a message is replaced, and the pool carries on."""
-    import pool._routing as routing
+    import pool._direct as direct
 
-    real = routing._record_sent
+    real = direct._record_sent
     raised: list[bool] = []
 
     def interrupted(*args: object) -> None:
@@ -137,7 +137,7 @@ def test_ctrl_c_during_a_direct_send_ends_the_worker_and_loses_no_task(
             raise KeyboardInterrupt  # as a signal handler would, right after the send
         real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(routing, "_record_sent", interrupted)
+    monkeypatch.setattr(direct, "_record_sent", interrupted)
     with Pool(1) as p:
         for _ in range(1000):  # until a submit finds the worker idle and sends directly
             try:
