@@ -49,8 +49,6 @@ still has. ``fn_id`` is ``None`` for callables that are not cached (see
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Generic, TypeVar
 
 RUN_TASKS = 1
 STOP = None
@@ -70,11 +68,9 @@ LOG_RECORD = 5
 # re-sends functions that alternate, each at the price of a cloudpickle load.
 FUNCTION_CACHE_SIZE = 128
 
-K = TypeVar("K", bound=Hashable)
 
-
-class LruKeys(Generic[K]):
-    """A bounded set of keys, least recently touched evicted first.
+class LruKeys:
+    """A bounded set of function ids, least recently touched evicted first.
 
     Deterministic on purpose: two instances fed the same `touch` sequence hold
     the same keys, which is how the supervisor knows what a worker cached.
@@ -83,7 +79,7 @@ class LruKeys(Generic[K]):
     __slots__ = ("_keys", "_size")
 
     def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
-        self._keys: OrderedDict[K, None] = OrderedDict()
+        self._keys: OrderedDict[int, None] = OrderedDict()
         self._size = size
 
     def __contains__(self, key: object) -> bool:
@@ -92,7 +88,7 @@ class LruKeys(Generic[K]):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def touch(self, key: K) -> K | None:
+    def touch(self, key: int) -> int | None:
         """Mark ``key`` as just used; return the key evicted to make room, if any."""
         if key in self._keys:
             self._keys.move_to_end(key)

@@ -42,7 +42,10 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs a worker's start 2 ms: see pool._zygote
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "AVAILABLE",

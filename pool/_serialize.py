@@ -28,10 +28,15 @@ import types
 from collections import ChainMap
 from collections.abc import Callable, Mapping
 from types import CodeType, TracebackType
-from typing import Any
 
 from ._errors import RemoteError, SerializationError
 from ._segments import Segment, dumps_out_of_band
+
+TYPE_CHECKING = False  # typing costs a worker's start 2 ms: see pool._zygote
+if TYPE_CHECKING:
+    from typing import Any
+
+    _Extras = tuple[Any, Any, bool, Any, Any]
 
 PROTOCOL = 5
 loads = pickle.loads
@@ -191,8 +196,6 @@ def _unpicklable(
 
 
 # --- exceptions -------------------------------------------------------------
-
-_Extras = tuple[Any, Any, bool, Any, Any]
 
 
 def _rebuild_exception(

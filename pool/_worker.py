@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from . import _protocol as proto
 from . import _zygote
@@ -38,8 +37,10 @@ from ._frames import frame_header, send_with_fds
 from ._segments import Segment, close_inherited, loads_out_of_band, receive_segments, socket_of
 from ._serialize import describe_callable, drop_frames_of, dumps_exception, dumps_result, loads
 
+TYPE_CHECKING = False  # typing costs a worker's start 2 ms: see pool._zygote
 if TYPE_CHECKING:
     import multiprocessing.connection
+    from typing import Any
 
     from ._frames import Channel
 
@@ -144,7 +145,7 @@ class _Functions:
 
     def __init__(self) -> None:
         self._by_id: dict[int, Callable[..., Any]] = {}
-        self._order: proto.LruKeys[int] = proto.LruKeys()
+        self._order: proto.LruKeys = proto.LruKeys()
 
     def get(self, fn_id: int | None, fn_bytes: bytes | None) -> Callable[..., Any]:
         fn: Callable[..., Any]

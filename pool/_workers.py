@@ -134,7 +134,7 @@ class WorkerHandle:
         self.unreachable = False  # a send to it failed: it is dead or dying
         self.doomed = False  # killed by us: its outstanding tasks are not to blame
         self.outstanding: deque[Task] = deque()
-        self.cached: proto.LruKeys[int] = proto.LruKeys()
+        self.cached = proto.LruKeys()
         self.sent = 0
         self.tasks_done = 0  # tasks it answered, with a result or an exception
         self.speed: float | None = None  # smoothed task duration, seconds

@@ -6,6 +6,9 @@ before it serves, then starts a resource tracker (a second interpreter) that
 a pool never uses. This server imports only what a worker needs (`serve`
 preloads `pool._worker`, which stays clear of multiprocessing) and forks
 from there; what a worker needs later (cloudpickle) it imports while idle.
+Not even ``typing``, 2 ms of the server's start before its first fork: the
+modules a worker imports name it for the type checker only (``TYPE_CHECKING
+= False``, which mypy reads as true).
 
 This module is the server's side, and a forked worker's first steps; the
 caller's side is in `pool._start`. Both sides speak over one Unix socket:
@@ -39,9 +42,12 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from ._frames import Channel, read_exact
+
+TYPE_CHECKING = False  # typing costs a worker's start 2 ms: see pool._zygote
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["HEADER", "RequestPickler", "parent_sentinel", "process_state", "read_status", "serve"]
 
