@@ -161,13 +161,15 @@ class Direct:
         back, or the worker's pipe ended, or ``timeout`` passed; returns
         what is left of ``timeout``, for the wait on the future that follows.
         """
+        if not self._thread.is_alive():
+            return timeout  # a fork of this process, where the supervisor is gone: its lock may be held
         start = time.monotonic()
         with self._lock:
             if not self._may_read(future, worker):
                 return timeout
             self._reader = threading.get_ident()
             self._selector.unregister(worker.conn)
-            future._holding = True
+            future._hold_callbacks()
         logs: list[Any] = []
         reading = False
         try:
@@ -196,12 +198,9 @@ class Direct:
             try:
                 self._give_back(worker)
             finally:
-                future._holding = False
                 for record in logs:
                     log_record(record)
-                if future._held:
-                    future._held = False
-                    future._invoke_callbacks()
+                future._release_callbacks()
         return None if timeout is None else max(0.0, start + timeout - time.monotonic())
 
     def _may_read(self, future: Future[Any], worker: WorkerHandle) -> bool:
@@ -210,7 +209,6 @@ class Direct:
             self._waiting
             and self._reader is None
             and self._max_memory is None  # its checks run in the supervisor's thread
-            and self._thread.is_alive()  # not in a fork of this process, where it is gone
             and len(worker.outstanding) == 1
             and worker.outstanding[0].future is future
             and worker.usable()

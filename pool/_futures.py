@@ -50,10 +50,24 @@ class Future(concurrent.futures.Future[T]):
 
     def _invoke_callbacks(self) -> None:
         self._direct = None
-        if self._holding:
-            self._held = True
-            return
+        with self._condition:  # against `_release_callbacks` in the reading thread
+            if self._holding:
+                self._held = True
+                return
         super()._invoke_callbacks()  # type: ignore[misc]
+
+    def _hold_callbacks(self) -> None:
+        """Keep done callbacks from running until `_release_callbacks` (see `pool._direct`)."""
+        with self._condition:
+            self._holding = True
+
+    def _release_callbacks(self) -> None:
+        """Run the done callbacks held back meanwhile, if the future ended."""
+        with self._condition:
+            self._holding = False
+            held, self._held = self._held, False
+        if held:
+            super()._invoke_callbacks()  # type: ignore[misc]
 
     def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # here: workers and scripts without asyncio skip its import

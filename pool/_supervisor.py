@@ -391,7 +391,13 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
         timeout = None if deadline is None else min(max(0.0, deadline - now), MAX_WAIT)
         self._lend()
         try:
-            ready = [key.fileobj for key, _ in self._selector.select(timeout)]
+            while True:
+                ready = [key.fileobj for key, _ in self._selector.select(timeout)]
+                # Nothing, and no deadline: the pipe of a worker whose reply a
+                # caller read itself meanwhile (see _direct). Waking to do
+                # nothing would take the workers back from the callers.
+                if ready or timeout is not None:
+                    break
         finally:
             self._reclaim()
         dead: list[WorkerHandle] = []

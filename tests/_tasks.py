@@ -312,14 +312,16 @@ def counted_segments(_: object = None) -> int:
     return len(_segments._live)
 
 
-def fork_then_die(path: str) -> NoReturn:
+def fork_then_die(path: str, release: str) -> NoReturn:
     """Start a child that keeps this worker's descriptors open (its pipe among them),
-    have it announce itself, then die by SIGKILL: the pipe never reads as closed."""
+    have it announce itself; once the test writes to ``release``, die by SIGKILL. The
+    pipe never reads as closed."""
     if os.fork() == 0:
         try:
             announce(path)
             threading.Event().wait()
         finally:
             os._exit(0)
+    read_fifo(release)
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable")
