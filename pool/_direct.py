@@ -22,22 +22,32 @@ task to it itself and records it as `_send_tasks` would (`_send_direct`).
 Only tasks the supervisor need not watch go direct: no timeout (a deadline
 would not be in the wait already begun), no shared memory, small.
 
-**Direct receive.** A thread that then waits for that task's future, while
-the supervisor still waits, takes the worker's pipe out of the
-supervisor's selector and reads the reply itself (`receive_direct`): at
-most one such reader at a time. It handles the events exactly as the
-supervisor would (`Routing._handle_frames`), then puts the pipe back and
-lends the worker again, so the next submit goes direct too. The future's
-done callbacks and the task's log records run after that, in the reader's
-thread, once it holds nothing of the supervisor's: a callback may ask the
-pool anything. When the supervisor wakes for anything else, it recalls the
-reader (a byte on the recall pipe ends the reader's poll) and waits for the
-pipe back before it goes on; the reader goes back to waiting on the future.
+**Direct receive.** A thread that then waits for that task's future
+(``result``, ``exception``), while the supervisor still waits, takes the
+worker's pipe out of the supervisor's selector and reads the reply itself
+(`receive_direct`): at most one such reader at a time. It handles the
+events exactly as the supervisor would (`Routing._handle_frames`), then
+puts the pipe back and lends the worker again, so the next submit goes
+direct too. A future with done callbacks is left to the supervisor, and
+callbacks added meanwhile, with the task's log records, are handed to it:
+they run in its thread, as always, never inside the caller's ``result``.
+
+**Taking it back.** When the supervisor wakes for anything else, it takes
+the worker back at once (`_reclaim`): a byte on the recall pipe ends the
+reader's poll, and the reader, which checks under ``_lock`` that the worker
+is still its own before each read, goes back to waiting on the future. It
+waits only for a reader in the middle of handling events, which runs no
+code of the caller's; a reader waiting in poll may be running a signal
+handler that needs the supervisor. A signal's exception (Ctrl-C) in the
+reader's thread never leaves the worker taken (`_settle`); one that lands
+between reading a reply and delivering it ends that task cancelled and
+its worker replaced, since the reply may be lost.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import math
 import os
 import select
@@ -56,6 +66,9 @@ from ._workers import PIPE_BUDGET, Task, WorkerHandle, task_size
 
 __all__ = ["Direct"]
 
+# The longest single poll of a reader; a longer wait polls again.
+MAX_POLL = 3600.0
+
 
 class Direct:
     """Lending workers to callers' threads, as part of `Supervisor`; see the module docstring."""
@@ -70,7 +83,11 @@ class Direct:
     _lent: list[WorkerHandle]
     _waiting: bool
     _reader: int | None
+    _reading: WorkerHandle | None
+    _reader_busy: bool
+    _recalled: bool
     _reader_gone: threading.Condition
+    _requests_closed: bool
     _recall_r: int
     _recall_w: int
     _requests: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
@@ -88,6 +105,7 @@ class Direct:
             self, worker: WorkerHandle, frames: list[bytes], logs: list[Any] | None = None
         ) -> None: ...
         def _kill(self, worker: WorkerHandle) -> None: ...
+        def _drop_conn(self, worker: WorkerHandle) -> None: ...
         def _wake(self) -> None: ...
 
     # --- lending, in the supervisor's thread --------------------------------
@@ -105,9 +123,17 @@ class Direct:
             self._lent.clear()
             if self._reader is None:
                 return
-            os.write(self._recall_w, b"\0")
-            self._reader_gone.wait_for(lambda: self._reader is None)
-            os.read(self._recall_r, 1)  # the one byte written above
+            # A reader in the middle of handling events ends it (it runs no
+            # code of the caller's meanwhile); one waiting in poll is not
+            # waited for: it may be a signal handler that needs this thread.
+            self._reader_gone.wait_for(lambda: not self._reader_busy)
+            worker = self._reading
+            if worker is None:
+                return  # it left meanwhile
+            self._reader = self._reading = None
+            self._recalled = True
+            os.write(self._recall_w, b"\0")  # ends its poll; it takes the byte back as it leaves
+            self._watch_again(worker)
 
     # --- direct dispatch, in a caller's thread ------------------------------
 
@@ -157,83 +183,144 @@ class Direct:
     ) -> float | None:
         """Read the reply to ``future``'s task from ``worker`` in this thread, if the supervisor still waits.
 
-        Returns when the future is done, or the supervisor wants the worker
+        Returns when the future is done, or the supervisor took the worker
         back, or the worker's pipe ended, or ``timeout`` passed; returns
         what is left of ``timeout``, for the wait on the future that follows.
         """
         if not self._thread.is_alive():
             return timeout  # a fork of this process, where the supervisor is gone: its lock may be held
+        me = threading.get_ident()
         start = time.monotonic()
-        with self._lock:
-            if not self._may_read(future, worker):
-                return timeout
-            self._reader = threading.get_ident()
-            self._selector.unregister(worker.conn)
-            future._hold_callbacks()
+        deadline = None if timeout is None else start + timeout
         logs: list[Any] = []
-        reading = False
+        taken = reading = False
         try:
+            with self._lock:
+                if not self._may_read(future, worker):
+                    return timeout
+                # In this order, each step undone by _settle whenever a
+                # signal's exception (Ctrl-C) stops the next.
+                self._reader = me
+                taken = True
+                future._hold_callbacks()
+                self._reading = worker
+                self._selector.unregister(worker.conn)
             poller = select.poll()
             poller.register(worker.sock.fileno(), select.POLLIN)
             poller.register(self._recall_r, select.POLLIN)
             while not future.done():
-                wait = None if timeout is None else math.ceil((start + timeout - time.monotonic()) * 1000)
-                if wait is not None and wait <= 0:
+                wait = MAX_POLL if deadline is None else min(deadline - time.monotonic(), MAX_POLL)
+                if wait <= 0:
                     break
-                ready = poller.poll(wait)
-                if not ready or any(fd == self._recall_r for fd, _ in ready):
-                    break  # timed out, or recalled: the supervisor reads what came
+                ready = poller.poll(math.ceil(wait * 1000))
+                if not ready:
+                    continue  # the longest poll passed; the deadline is checked above
+                with self._lock:
+                    if self._reader != me:
+                        break  # taken back: the supervisor reads what came
+                    self._reader_busy = True
                 reading = True
                 try:
                     frames = worker.reader.read()
                 except (EOFError, OSError):
-                    break  # gone: the supervisor sees the same end and handles it
+                    # The pipe ended or broke, what it held perhaps read
+                    # already: as the supervisor does, end the worker, whose
+                    # death then settles its task.
+                    reading = False
+                    self._drop_conn(worker)
+                    break
                 self._handle_frames(worker, frames, logs)
                 reading = False
-        except BaseException:
-            if reading:
-                self._interrupted(future, worker)
-            raise
+                with self._lock:
+                    self._reader_busy = False
+                    self._reader_gone.notify_all()
         finally:
-            try:
-                self._give_back(worker)
-            finally:
-                for record in logs:
-                    log_record(record)
-                future._release_callbacks()
-        return None if timeout is None else max(0.0, start + timeout - time.monotonic())
+            if taken:
+                handed: list[Callable[[], None]] = []
+                self._settle(future, worker, reading, logs, handed)
+                for job in handed:
+                    self._in_supervisor(job)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _may_read(self, future: Future[Any], worker: WorkerHandle) -> bool:
         """May this thread read ``worker``'s reply to ``future`` now (``_lock`` held)?"""
         return (
             self._waiting
             and self._reader is None
+            and not self._recalled  # the last reader taken back has not left yet
             and self._max_memory is None  # its checks run in the supervisor's thread
+            and not future._done_callbacks  # type: ignore[attr-defined]  # run by the supervisor (see _settle)
             and len(worker.outstanding) == 1
             and worker.outstanding[0].future is future
             and worker.usable()
             and worker.conn in self._by_conn
         )
 
-    def _give_back(self, worker: WorkerHandle) -> None:
-        with self._lock:
-            if worker.conn in self._by_conn:  # still watched: not dropped while read here
-                self._selector.register(worker.conn, selectors.EVENT_READ)
-            self._reader = None
-            if self._waiting and not worker.outstanding and worker.usable():
-                self._lent.append(worker)
-            self._reader_gone.notify_all()
+    def _settle(
+        self,
+        future: Future[Any],
+        worker: WorkerHandle,
+        interrupted: bool,
+        logs: list[Any],
+        handed: list[Callable[[], None]],
+    ) -> None:
+        """Give the worker back, and what is the supervisor's to run into ``handed``.
 
-    def _interrupted(self, future: Future[Any], worker: WorkerHandle) -> None:
-        """Ctrl-C while this thread read or handled events: what it took is unknown.
-
-        The reply may have left the pipe and not reached the future. So
-        the future ends cancelled (the pool stopped it), and the worker,
-        which may still hold it as running, is ended and replaced.
+        Done again from the start when a signal's exception stops it: each
+        step is done once, whatever the point it stopped at. The exception
+        goes on once all is settled.
         """
+        pending: BaseException | None = None
+        while True:
+            try:
+                with self._lock:
+                    if interrupted and not future.done():
+                        # Stopped between reading the reply and delivering it:
+                        # the reply may be lost. The task ends cancelled (the
+                        # pool stopped it), its worker is replaced.
+                        self._tally.cancelled += 1
+                        self._discard_lent(worker)
+                        future._cancel_running()
+                    interrupted = False
+                    self._reader_busy = False
+                    if self._reader == threading.get_ident():
+                        self._reader = self._reading = None
+                        self._watch_again(worker)
+                        if self._waiting and not worker.outstanding and worker.usable():
+                            self._lent.append(worker)
+                    elif self._recalled:
+                        os.read(self._recall_r, 1)  # the byte that took the worker back
+                        self._recalled = False
+                    self._reader_gone.notify_all()
+                    if logs:
+                        handed.append(functools.partial(_log_records, list(logs)))
+                        logs.clear()
+                    if future._release_callbacks():
+                        handed.append(future._run_callbacks)
+                break
+            except BaseException as exc:  # noqa: BLE001  # re-raised below, once settled
+                pending = exc
+        if pending is not None:
+            raise pending
+
+    def _watch_again(self, worker: WorkerHandle) -> None:
+        """Put a worker's pipe back in the supervisor's selector, unless it is there or dropped."""
+        if worker.conn in self._by_conn:
+            try:
+                self._selector.register(worker.conn, selectors.EVENT_READ)
+            except KeyError:
+                pass  # there already
+
+    def _in_supervisor(self, job: Callable[[], None]) -> None:
+        """Run ``job`` in the supervisor's thread, as done callbacks and log records always run."""
         with self._lock:
-            if future.done():
+            if not self._requests_closed:
+                self._requests.append((job, concurrent.futures.Future()))
+                self._wake()
                 return
-            self._tally.cancelled += 1
-            self._discard_lent(worker)
-        future._cancel_running()
+        job()  # it has ended
+
+
+def _log_records(records: list[Any]) -> None:
+    for record in records:
+        log_record(record)

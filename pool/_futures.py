@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,7 +32,8 @@ class Future(concurrent.futures.Future[T]):
     # reply itself (see `pool._direct`). Cleared as the future ends.
     _direct: tuple[Direct, WorkerHandle] | None = None
     # While a thread delivers this future's result that way, its done
-    # callbacks wait until that thread has handed the worker back.
+    # callbacks wait until that thread has handed the worker back; then the
+    # supervisor's thread runs them, as it runs all others.
     _holding = False
     _held = False
 
@@ -61,13 +62,23 @@ class Future(concurrent.futures.Future[T]):
         with self._condition:
             self._holding = True
 
-    def _release_callbacks(self) -> None:
-        """Run the done callbacks held back meanwhile, if the future ended."""
+    def _release_callbacks(self) -> bool:
+        """Stop holding them; True if the future ended meanwhile and they are yet to run."""
         with self._condition:
             self._holding = False
             held, self._held = self._held, False
-        if held:
-            super()._invoke_callbacks()  # type: ignore[misc]
+            return held and bool(self._done_callbacks)  # type: ignore[attr-defined]
+
+    def _run_callbacks(self) -> None:
+        super()._invoke_callbacks()  # type: ignore[misc]
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[T]], object]) -> None:
+        """As `concurrent.futures.Future.add_done_callback`; while held, it waits its turn too."""
+        with self._condition:
+            if self._holding:
+                self._done_callbacks.append(fn)  # type: ignore[attr-defined]
+                return
+        super().add_done_callback(fn)
 
     def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # here: workers and scripts without asyncio skip its import

@@ -62,7 +62,7 @@ Results and errors are counted where this thread sets them
 are taken out of ``pending`` or found in it; see `Supervisor._dispatch`.
 
 Futures' done callbacks run in this thread, as in ProcessPoolExecutor
-(or in the caller's that read the reply itself): a callback that blocks
+(also those of a reply a caller read itself): a callback that blocks
 delays every other task of the pool.
 """
 
@@ -148,6 +148,9 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
         self._waiting = False
         self._lent: list[WorkerHandle] = []
         self._reader: int | None = None  # that caller's thread ident
+        self._reading: WorkerHandle | None = None  # and the worker it reads
+        self._reader_busy = False  # it handles events: it is not to be disturbed
+        self._recalled = False  # a reader was taken back and has not left yet
         self._reader_gone = threading.Condition(self._lock)
         self._closing = False
         self._aborting = False

@@ -325,3 +325,10 @@ def fork_then_die(path: str, release: str) -> NoReturn:
     read_fifo(release)
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable")
+
+
+def die_when_released(release: str) -> NoReturn:
+    """Once the test writes to ``release``, die by SIGKILL."""
+    read_fifo(release)
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 from _support import Handshake
-from _tasks import fork_then_die, log_and_return, read_fifo, square
+from _tasks import die_when_released, fork_then_die, log_and_return, read_fifo, square
 
 import pool._direct
 from pool import Future, Pool, WorkerLost
@@ -146,26 +146,57 @@ def test_a_caller_waiting_on_one_task_at_a_time_leaves_the_supervisor_asleep(
         assert p.stats().done == 501
 
 
-def test_done_callbacks_of_a_reply_read_by_the_caller_run_in_its_thread_and_may_use_the_pool(
+def test_callbacks_added_while_the_caller_reads_run_in_the_supervisor_in_order(
     one: Pool, fifo: str, spy: _PollSpy
 ) -> None:
-    seen: list[object] = []
-
-    def callback(future: Future[Any]) -> None:
-        # Run once the caller holds nothing of the supervisor's: a census and a
-        # nested round trip both need the supervisor.
-        seen.append(threading.current_thread())
-        seen.append(one.stats().done)
-        seen.append(one.submit(square, 3).result(timeout=TIMEOUT))
-
+    """Never inside the caller's result(): it may hold a lock a callback takes."""
     future = submit_direct(one, fifo)
-    future.add_done_callback(callback)
+    seen: list[object] = []
+    ran = threading.Event()
+
+    def first(_: Future[Any]) -> None:
+        seen.append(("first", threading.current_thread().name, one.stats().done))
+
+    def second(_: Future[Any]) -> None:
+        seen.append(("second", threading.current_thread().name))
+        ran.set()
+
     done = one.stats().done
     engage(future, spy)
-    releaser = release_when(spy.waiting, fifo, "direct")
+
+    def add_then_release() -> None:
+        if spy.waiting.wait(TIMEOUT):  # this thread reads the pipe now
+            future.add_done_callback(first)
+            future.add_done_callback(second)
+            release(fifo, "direct")
+
+    adder = threading.Thread(target=add_then_release)
+    adder.start()
     assert future.result(timeout=TIMEOUT) == "direct"
-    releaser.join(TIMEOUT)
-    assert seen == [threading.current_thread(), done + 1, 9]
+    adder.join(TIMEOUT)
+    assert ran.wait(TIMEOUT)
+    assert seen == [("first", "pool-supervisor", done + 1), ("second", "pool-supervisor")]
+
+
+def test_a_future_with_callbacks_is_left_to_the_supervisor(one: Pool) -> None:
+    sent_direct = 0
+    for _ in range(20):
+        ran_in: list[str] = []
+        ran = threading.Event()
+
+        def record(_: Future[Any], ran_in: list[str] = ran_in, ran: threading.Event = ran) -> None:
+            ran_in.append(threading.current_thread().name)
+            ran.set()
+
+        future = one.submit(square, 5)
+        future.add_done_callback(record)
+        pending = future._direct is not None  # sent straight to the worker, not ended yet
+        sent_direct += pending
+        assert future.result(timeout=TIMEOUT) == 25
+        assert ran.wait(TIMEOUT)
+        if pending:
+            assert ran_in == ["pool-supervisor"]
+    assert sent_direct
 
 
 def test_log_records_of_a_task_read_directly_reach_the_callers_handlers(
@@ -224,6 +255,30 @@ def test_the_supervisor_takes_the_worker_back_from_a_reading_caller(fifo: str, s
         assert p.stats().restarts == 0
 
 
+def test_a_worker_dying_under_a_reading_caller_fails_its_task_with_worker_lost(
+    one: Pool, fifo: str, spy: _PollSpy
+) -> None:
+    """The reader sees its pipe end; the death is the supervisor's to settle."""
+    future: Future[Any] | None = None
+    lost = 1
+    for _ in range(100):
+        future = one.submit(die_when_released, fifo)
+        if future._direct is not None:
+            break
+        release(fifo)  # not direct: let this one die, and try again
+        with pytest.raises(WorkerLost):
+            future.result(timeout=TIMEOUT)
+        lost += 1
+    assert future is not None and future._direct is not None
+    engage(future, spy)
+    releaser = release_when(spy.waiting, fifo)
+    with pytest.raises(WorkerLost):
+        future.result(timeout=TIMEOUT)
+    releaser.join(TIMEOUT)
+    assert one.submit(square, 4).result(timeout=TIMEOUT) == 16
+    assert one.stats().failed == {"WorkerLost": lost}
+
+
 def test_a_worker_dying_under_a_reading_caller_is_reported(
     one: Pool, fifo: str, spy: _PollSpy, handshake: Handshake
 ) -> None:
@@ -273,6 +328,82 @@ def test_ctrl_c_while_a_caller_waits_directly_leaves_its_task_running(
     release(fifo, "after")
     assert future.result(timeout=TIMEOUT) == "after"
     assert one.stats().restarts == 0
+
+
+def test_a_signal_handler_may_use_the_pool_while_its_thread_reads_directly(
+    one: Pool, fifo: str, spy: _PollSpy
+) -> None:
+    """The handler runs in the middle of the reader's poll; the census it asks for
+    needs the supervisor, which takes the worker back without waiting for it."""
+    future = submit_direct(one, fifo)
+    engage(future, spy)
+    counted: list[int] = []
+    handled = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        counted.append(one.stats().running)
+        handled.set()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    main = threading.get_ident()
+
+    def signal_then_release() -> None:
+        if spy.waiting.wait(TIMEOUT):
+            signal.pthread_kill(main, signal.SIGUSR1)
+            if handled.wait(TIMEOUT):
+                release(fifo, "after the handler")
+
+    helper = threading.Thread(target=signal_then_release)
+    helper.start()
+    try:
+        assert future.result(timeout=TIMEOUT) == "after the handler"
+    finally:
+        helper.join(TIMEOUT)
+        signal.signal(signal.SIGUSR1, previous)
+    assert counted == [1]
+
+
+@pytest.mark.parametrize("where", ["taking the pipe", "giving it back"])
+def test_ctrl_c_while_a_caller_takes_or_gives_back_a_pipe_leaves_the_pool_whole(
+    one: Pool, fifo: str, spy: _PollSpy, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """As if a signal landed there: the pipe goes back to the supervisor, and nothing waits for ever."""
+    raised: list[bool] = []
+
+    def once() -> None:
+        if threading.current_thread() is threading.main_thread() and not raised:
+            raised.append(True)
+            raise KeyboardInterrupt
+
+    future = submit_direct(one, fifo)
+    if where == "taking the pipe":
+        selector = one._supervisor._selector
+        real_unregister = selector.unregister
+
+        def unregister(fileobj: Any) -> Any:
+            once()
+            return real_unregister(fileobj)
+
+        monkeypatch.setattr(selector, "unregister", unregister)
+    else:
+        real_watch = Supervisor._watch_again
+
+        def watch_again(self: Supervisor, worker: Any) -> None:
+            real_watch(self, worker)
+            once()
+
+        monkeypatch.setattr(Supervisor, "_watch_again", watch_again)
+    with pytest.raises(KeyboardInterrupt):
+        while True:  # until this thread tries to take the pipe (the supervisor may be awake)
+            with pytest.raises(TimeoutError):
+                future.result(timeout=0.01)
+    monkeypatch.undo()
+    assert future.running()
+    release(fifo, "whole")
+    assert future.result(timeout=TIMEOUT) == "whole"
+    assert [one.submit(square, i).result(timeout=TIMEOUT) for i in range(20)] == [i * i for i in range(20)]
+    stats = one.stats()
+    assert (stats.restarts, stats.cancelled, stats.running) == (0, 0, 0)
 
 
 def test_ctrl_c_while_a_caller_handles_a_reply_ends_that_task_and_its_worker(
