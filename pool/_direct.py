@@ -28,26 +28,32 @@ worker's pipe out of the supervisor's selector and reads the reply itself
 (`receive_direct`): at most one such reader at a time. It handles the
 events exactly as the supervisor would (`Routing._handle_frames`), then
 puts the pipe back and lends the worker again, so the next submit goes
-direct too. A future with done callbacks is left to the supervisor, and
-callbacks added meanwhile, with the task's log records, are handed to it:
-they run in its thread, as always, never inside the caller's ``result``.
+direct too. The task's log records are handled in its thread before
+``result`` returns, as they come before the result. A future with done
+callbacks is left to the supervisor, and callbacks added meanwhile are
+handed to it: they run in its thread, as always, never inside the
+caller's ``result``, where the caller may hold a lock a callback takes.
 
 **Taking it back.** When the supervisor wakes for anything else, it takes
 the worker back at once (`_reclaim`): a byte on the recall pipe ends the
 reader's poll, and the reader, which checks under ``_lock`` that the worker
 is still its own before each read, goes back to waiting on the future. It
-waits only for a reader in the middle of handling events, which runs no
-code of the caller's; a reader waiting in poll may be running a signal
-handler that needs the supervisor. A signal's exception (Ctrl-C) in the
-reader's thread never leaves the worker taken (`_settle`); one that lands
-between reading a reply and delivering it ends that task cancelled and
-its worker replaced, since the reply may be lost.
+waits only for a reader in the middle of handling events; a reader
+waiting in poll may be running a signal handler that needs the
+supervisor. A signal's exception (Ctrl-C) in the reader's thread never
+leaves the worker taken (`_settle`); one that lands between reading a
+reply and delivering it ends that task cancelled and its worker replaced,
+since the reply may be lost.
+
+**A limit.** A signal handler that waits for the pool (a result, a
+shutdown) deadlocks if it lands while its thread holds the pool's lock or
+handles a reply for it, a few microseconds of each round trip: have the
+handler set a flag, or stop the pool from another thread.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import math
 import os
 import select
@@ -68,6 +74,9 @@ __all__ = ["Direct"]
 
 # The longest single poll of a reader; a longer wait polls again.
 MAX_POLL = 3600.0
+# How many times a reader tries to give its worker back when signals' exceptions
+# stop it (each retry is from a new exception: Ctrl-C pressed again and again).
+SETTLE_TRIES = 8
 
 
 class Direct:
@@ -88,6 +97,7 @@ class Direct:
     _recalled: bool
     _reader_gone: threading.Condition
     _requests_closed: bool
+    _wake_closed: bool
     _recall_r: int
     _recall_w: int
     _requests: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
@@ -200,8 +210,8 @@ class Direct:
                     return timeout
                 # In this order, each step undone by _settle whenever a
                 # signal's exception (Ctrl-C) stops the next.
-                self._reader = me
                 taken = True
+                self._reader = me
                 future._hold_callbacks()
                 self._reading = worker
                 self._selector.unregister(worker.conn)
@@ -235,12 +245,22 @@ class Direct:
                     self._reader_busy = False
                     self._reader_gone.notify_all()
         finally:
-            if taken:
-                handed: list[Callable[[], None]] = []
-                self._settle(future, worker, reading, logs, handed)
-                for job in handed:
-                    self._in_supervisor(job)
+            try:
+                if taken:
+                    self._settle(future, worker, reading)
+            finally:
+                # Here, as the supervisor would, before the result is returned.
+                for record in logs:
+                    log_record(record)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _handling_here(self) -> bool:
+        """Is this thread a reader handling events, so that the supervisor waits for it?
+
+        Without ``_lock``: only the reader sets and clears ``_reader_busy``,
+        and the supervisor takes a worker back only from a reader not busy.
+        """
+        return self._reader_busy and self._reader == threading.get_ident()
 
     def _may_read(self, future: Future[Any], worker: WorkerHandle) -> bool:
         """May this thread read ``worker``'s reply to ``future`` now (``_lock`` held)?"""
@@ -256,52 +276,59 @@ class Direct:
             and worker.conn in self._by_conn
         )
 
-    def _settle(
-        self,
-        future: Future[Any],
-        worker: WorkerHandle,
-        interrupted: bool,
-        logs: list[Any],
-        handed: list[Callable[[], None]],
-    ) -> None:
-        """Give the worker back, and what is the supervisor's to run into ``handed``.
+    def _settle(self, future: Future[Any], worker: WorkerHandle, interrupted: bool) -> None:
+        """Give the worker back, and the future's held callbacks to the supervisor's thread.
 
-        Done again from the start when a signal's exception stops it: each
-        step is done once, whatever the point it stopped at. The exception
-        goes on once all is settled.
+        Done again when a signal's exception stops it (a few times at most):
+        each step acts before it clears the flag that asks for it, so it is
+        done once, wherever the exception landed. The exception goes on
+        once all is settled.
         """
         pending: BaseException | None = None
-        while True:
+        orphaned = False
+        for _ in range(SETTLE_TRIES):
             try:
                 with self._lock:
                     if interrupted and not future.done():
                         # Stopped between reading the reply and delivering it:
                         # the reply may be lost. The task ends cancelled (the
                         # pool stopped it), its worker is replaced.
-                        self._tally.cancelled += 1
-                        self._discard_lent(worker)
-                        future._cancel_running()
+                        if not worker.doomed:
+                            self._discard_lent(worker)
+                        if future._cancel_running():
+                            self._tally.cancelled += 1
                     interrupted = False
                     self._reader_busy = False
                     if self._reader == threading.get_ident():
-                        self._reader = self._reading = None
                         self._watch_again(worker)
+                        self._reader = self._reading = None
                         if self._waiting and not worker.outstanding and worker.usable():
                             self._lent.append(worker)
                     elif self._recalled:
-                        os.read(self._recall_r, 1)  # the byte that took the worker back
-                        self._recalled = False
+                        self._take_recall()
                     self._reader_gone.notify_all()
-                    if logs:
-                        handed.append(functools.partial(_log_records, list(logs)))
-                        logs.clear()
-                    if future._release_callbacks():
-                        handed.append(future._run_callbacks)
+                    if future._release_callbacks() and not self._in_supervisor(future._run_callbacks):
+                        orphaned = True
                 break
             except BaseException as exc:  # noqa: BLE001  # re-raised below, once settled
                 pending = exc
+        if orphaned:
+            future._run_callbacks()
         if pending is not None:
             raise pending
+
+    def _take_recall(self) -> None:
+        """As a reader taken back leaves: take the byte that ended its poll (``_lock`` held)."""
+        if self._wake_closed:
+            # The supervisor ended meanwhile and left the pipe to us.
+            os.close(self._recall_r)
+            os.close(self._recall_w)
+        else:
+            try:
+                os.read(self._recall_r, 1)
+            except BlockingIOError:
+                pass  # taken already, by this reader's try that an exception stopped
+        self._recalled = False
 
     def _watch_again(self, worker: WorkerHandle) -> None:
         """Put a worker's pipe back in the supervisor's selector, unless it is there or dropped."""
@@ -311,16 +338,14 @@ class Direct:
             except KeyError:
                 pass  # there already
 
-    def _in_supervisor(self, job: Callable[[], None]) -> None:
-        """Run ``job`` in the supervisor's thread, as done callbacks and log records always run."""
-        with self._lock:
-            if not self._requests_closed:
-                self._requests.append((job, concurrent.futures.Future()))
-                self._wake()
-                return
-        job()  # it has ended
+    def _in_supervisor(self, job: Callable[[], Any]) -> bool:
+        """Have the supervisor's thread run ``job``, as it runs all done callbacks (``_lock`` held).
 
-
-def _log_records(records: list[Any]) -> None:
-    for record in records:
-        log_record(record)
+        False if it has ended (it takes workers back before it ends, so a
+        reader cannot be left with callbacks then; ``job`` is the caller's).
+        """
+        if self._requests_closed:
+            return False
+        self._requests.append((job, concurrent.futures.Future()))
+        self._wake()
+        return True

@@ -163,6 +163,7 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._recall_r, self._recall_w = os.pipe()
+        os.set_blocking(self._recall_r, False)
         self._wake_sent = False
         self._wake_closed = False
 
@@ -280,7 +281,7 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
         from that thread itself (a done callback), ``question`` runs at once:
         waiting for the answer would wait forever.
         """
-        if threading.current_thread() is self._thread or threading.get_ident() == self._reader:
+        if threading.current_thread() is self._thread or self._handling_here():
             return question()  # this thread, or a caller doing its work while it waits
         while True:
             reply: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -515,8 +516,11 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
             if self._wake_closed:
                 return
             self._wake_closed = True
-            for fd in (self._wake_r, self._wake_w, self._recall_r, self._recall_w):
-                os.close(fd)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            if not self._recalled:  # else the reader taken back closes it as it leaves
+                os.close(self._recall_r)
+                os.close(self._recall_w)
 
 
 def _waiting(task: Task) -> bool:
