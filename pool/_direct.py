@@ -331,12 +331,25 @@ class Direct:
         self._recalled = False
 
     def _watch_again(self, worker: WorkerHandle) -> None:
-        """Put a worker's pipe back in the supervisor's selector, unless it is there or dropped."""
-        if worker.conn in self._by_conn:
+        """Put a worker's pipe back in the supervisor's selector, unless it was dropped."""
+        if worker.conn not in self._by_conn:
+            return
+        try:
+            self._selector.register(worker.conn, selectors.EVENT_READ)
+        except (KeyError, FileExistsError):
+            # There already, or half there: a signal's exception stopped a
+            # (un)register between the selector's map and the kernel's set.
+            # Out of both, then back in.
             try:
-                self._selector.register(worker.conn, selectors.EVENT_READ)
+                self._selector.unregister(worker.conn)
             except KeyError:
-                pass  # there already
+                pass
+            raw = getattr(self._selector, "_selector", None)  # the epoll or poll object
+            try:
+                raw.unregister(worker.conn.fileno())  # type: ignore[union-attr]
+            except (AttributeError, KeyError, OSError):
+                pass
+            self._selector.register(worker.conn, selectors.EVENT_READ)
 
     def _in_supervisor(self, job: Callable[[], Any]) -> bool:
         """Have the supervisor's thread run ``job``, as it runs all done callbacks (``_lock`` held).

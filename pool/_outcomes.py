@@ -1,8 +1,10 @@
 """How a task's future ends: a result, an error, a cancel. Never raising here.
 
-These run in the supervisor thread. Unpickling a result or rebuilding an
-exception runs the user's code (``__reduce__``, ``__setstate__``); whatever
-that code does fails the one task, never the thread that serves them all.
+These run in the supervisor thread, or in a caller's reading its own reply
+(see `pool._direct`). Unpickling a result or rebuilding an exception runs
+the user's code (``__reduce__``, ``__setstate__``); whatever that code does
+fails the one task, never the thread that serves them all. One exception:
+a KeyboardInterrupt in the main thread is Ctrl-C, the user's, and goes on.
 
 Each function that ends a future with a result or an error counts it in the
 pool's `Tally`, there and only there, so a task is counted once, as its
@@ -14,6 +16,7 @@ finds its own task counted. Cancels are counted by the supervisor instead
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from ._errors import SerializationError
@@ -37,7 +40,9 @@ def deliver_result(task: Task, payload: bytes, tally: Tally, segment: Segment | 
                 value = loads_out_of_band(payload, segment.layout, segment.fd)
             finally:
                 segment.close()
-    except BaseException as exc:  # noqa: BLE001  # any unpickling failure fails the task only
+    except BaseException as exc:  # any unpickling failure fails the task only
+        if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+            raise  # Ctrl-C in a caller reading its own reply (see pool._direct): the user's, not the task's
         error = SerializationError(
             f"cannot unpickle the result of {task.name}: {type(exc).__name__}: {_describe(exc)}"
         )

@@ -15,7 +15,7 @@ import select
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +381,22 @@ def test_a_signal_handler_may_use_the_pool_while_its_thread_reads_directly(
     assert counted == [1]
 
 
-@pytest.mark.parametrize("where", ["taking the pipe", "giving it back"])
+class _RawPoller:
+    """A selector's epoll object, raising once where a signal could (see `once`)."""
+
+    def __init__(self, real: Any, once: Callable[[], None]) -> None:
+        self._real = real
+        self._once = once
+
+    def unregister(self, fd: int) -> None:
+        self._once()  # the selector's map updated, the kernel's set not
+        self._real.unregister(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("where", ["taking the pipe", "halfway out of the selector", "giving it back"])
 def test_ctrl_c_while_a_caller_takes_or_gives_back_a_pipe_leaves_the_pool_whole(
     one: Pool, fifo: str, spy: _PollSpy, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
@@ -403,6 +418,9 @@ def test_ctrl_c_while_a_caller_takes_or_gives_back_a_pipe_leaves_the_pool_whole(
             return real_unregister(fileobj)
 
         monkeypatch.setattr(selector, "unregister", unregister)
+    elif where == "halfway out of the selector":
+        selector = one._supervisor._selector
+        monkeypatch.setattr(selector, "_selector", _RawPoller(selector._selector, once))  # type: ignore[attr-defined]
     else:
         real_watch = Supervisor._watch_again
 
