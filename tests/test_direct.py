@@ -9,6 +9,7 @@ supervisor that needs the worker back, a worker dying, Ctrl-C.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import select
@@ -117,7 +118,7 @@ def engage(future: Future[Any], spy: _PollSpy) -> None:
     """
     spy.waiting.clear()
     while not spy.waiting.is_set():
-        with pytest.raises(TimeoutError):
+        with pytest.raises(concurrent.futures.TimeoutError):
             future.result(timeout=0.01)
     spy.waiting.clear()
 
@@ -431,7 +432,7 @@ def test_ctrl_c_while_a_caller_takes_or_gives_back_a_pipe_leaves_the_pool_whole(
         monkeypatch.setattr(Supervisor, "_watch_again", watch_again)
     with pytest.raises(KeyboardInterrupt):
         while True:  # until this thread tries to take the pipe (the supervisor may be awake)
-            with pytest.raises(TimeoutError):
+            with pytest.raises(concurrent.futures.TimeoutError):
                 future.result(timeout=0.01)
     monkeypatch.undo()
     assert future.running()
@@ -480,7 +481,7 @@ def test_a_caller_reads_directly_only_in_its_own_process(one: Pool, fifo: str) -
         try:
             future.result(timeout=0.05)
             outcome = b"read"
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:
             outcome = b"waited"
         except BaseException:
             outcome = b"error"
