@@ -183,8 +183,7 @@ class Direct:
         """Have the supervisor kill a lent worker a caller could not use or left half changed (lock held)."""
         worker.doomed = True
         worker.unreachable = True
-        self._requests.append((lambda: self._kill(worker), concurrent.futures.Future()))
-        self._wake()
+        self._in_supervisor(lambda: self._kill(worker))
 
     # --- direct receive, in a caller's thread -------------------------------
 
@@ -352,10 +351,10 @@ class Direct:
             self._selector.register(worker.conn, selectors.EVENT_READ)
 
     def _in_supervisor(self, job: Callable[[], Any]) -> bool:
-        """Have the supervisor's thread run ``job``, as it runs all done callbacks (``_lock`` held).
+        """Have the supervisor's thread run ``job`` between two events (``_lock`` held).
 
-        False if it has ended (it takes workers back before it ends, so a
-        reader cannot be left with callbacks then; ``job`` is the caller's).
+        False if it has ended. It takes workers back before it ends, so a
+        reader is not left with callbacks then; if it were, they are its to run.
         """
         if self._requests_closed:
             return False

@@ -38,16 +38,17 @@ class Future(concurrent.futures.Future[T]):
     _held = False
 
     def result(self, timeout: float | None = None) -> T:
-        direct = self._direct
-        if direct is not None and self._state == RUNNING:
-            timeout = direct[0].receive_direct(self, direct[1], timeout)
-        return super().result(timeout)
+        return super().result(self._read_directly(timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._read_directly(timeout))
+
+    def _read_directly(self, timeout: float | None) -> float | None:
+        """Read the reply in this thread if the pool allows it now; what is left of ``timeout``."""
         direct = self._direct
         if direct is not None and self._state == RUNNING:
-            timeout = direct[0].receive_direct(self, direct[1], timeout)
-        return super().exception(timeout)
+            return direct[0].receive_direct(self, direct[1], timeout)
+        return timeout
 
     def _invoke_callbacks(self) -> None:
         self._direct = None
