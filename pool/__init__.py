@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ._errors import PoolError as PoolError
     from ._errors import RemoteError as RemoteError
     from ._errors import SerializationError as SerializationError
-    from ._errors import TaskTimeout as TaskTimeout
     from ._futures import Future as Future
     from ._pipeline import FailedItem as FailedItem
     from ._pipeline import Pipeline as Pipeline
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from ._pool import PoolView as PoolView
     from ._stats import PoolStats as PoolStats
     from ._stats import WorkerStats as WorkerStats
+    from ._task_timeout import TaskTimeout as TaskTimeout
 
 __version__ = "0.1.0"
 
@@ -47,7 +47,7 @@ _HOMES = {
     "PoolError": "_errors",
     "RemoteError": "_errors",
     "SerializationError": "_errors",
-    "TaskTimeout": "_errors",
+    "TaskTimeout": "_task_timeout",
     "WorkerLost": "_broken",
     "Future": "_futures",
     "FailedItem": "_pipeline",

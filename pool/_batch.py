@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from . import _inputs
 from ._broken import WorkerLost
-from ._errors import SerializationError, TaskTimeout
+from ._errors import SerializationError
 from ._inputs import InputError, Item, format_of, input_json, items_of, open_input, read_items, run_input
 from ._journal import RecordFiles, errors_path, record_line
 from ._mapping import length_of
@@ -32,6 +32,7 @@ from ._pipeline import FailedItem, Pipeline, stage_name
 from ._pool import _check_count, _check_timeout
 from ._progress import PLAIN_INTERVAL, BatchProgress
 from ._serialize import describe_callable, drop_frames_of
+from ._task_timeout import TaskTimeout
 
 __all__ = ["BatchResult", "batch", "execute"]
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._errors import TaskTimeout
 from ._outcomes import fail
 from ._tally import Tally
+from ._task_timeout import TaskTimeout
 from ._workers import Task, WorkerHandle
 
 

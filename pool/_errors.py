@@ -2,13 +2,13 @@
 
 Every class here pickles and unpickles with all of its attributes (a test
 pins this), because they cross process boundaries and are stored by users.
-Those that subclass ``BrokenProcessPool`` live in `pool._broken`: a worker
-raises none of them, and their base would make it import multiprocessing.
+Those that subclass ``BrokenProcessPool`` live in `pool._broken`, and
+`TaskTimeout` in `pool._task_timeout`: a worker raises none of them, and
+their bases would make it import multiprocessing or concurrent.futures.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import pickle
 import signal
 
@@ -17,16 +17,8 @@ __all__ = [
     "PoolError",
     "RemoteError",
     "SerializationError",
-    "TaskTimeout",
     "describe_exit",
 ]
-
-# On Python 3.10 concurrent.futures.TimeoutError is not the builtin one; a
-# TaskTimeout must be caught by `except TimeoutError` and by code written for
-# concurrent.futures alike.
-_TIMEOUT_BASES: tuple[type[BaseException], ...] = tuple(
-    {TimeoutError: None, concurrent.futures.TimeoutError: None}
-)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -51,26 +43,6 @@ class PoolClosed(PoolError, RuntimeError):
     """Work was submitted after *your code* shut the pool down."""
 
     __module__ = "pool"
-
-
-class TaskTimeout(PoolError, *_TIMEOUT_BASES):  # type: ignore[misc]
-    """The task ran longer than its timeout; its worker was killed and replaced.
-
-    Unlike `TimeoutError` from ``future.result(timeout=...)``, which only
-    stops *waiting*, this means the task itself was stopped.
-    """
-
-    __module__ = "pool"
-
-    def __init__(self, task: str | None, timeout: float, pid: int | None = None) -> None:
-        self.task = task
-        self.timeout = timeout
-        self.pid = pid
-        where = f" in worker pid {pid}" if pid is not None else ""
-        super().__init__(f"{task or 'task'} ran past its timeout of {timeout:g}s{where}")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.timeout, self.pid))
 
 
 class RemoteError(PoolError):

@@ -35,11 +35,11 @@ from typing import Any
 from . import _protocol as proto
 from . import _stage
 from ._broken import WorkerLost
-from ._errors import TaskTimeout
 from ._futures import Future
 from ._mapping import MAX_CHUNK, TARGET_SECONDS
 from ._pool import Pool
 from ._serialize import add_note, dumps, loads, loads_exception
+from ._task_timeout import TaskTimeout
 
 # Chunks in flight per worker of every stage, plus a few waiting for the
 # caller: enough that no worker waits for the driver between chunks.

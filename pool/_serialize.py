@@ -23,7 +23,6 @@ import io
 import pickle
 import reprlib
 import sys
-import traceback as traceback_module
 import types
 from collections import ChainMap
 from collections.abc import Callable, Mapping
@@ -347,7 +346,9 @@ def _pickler() -> type[pickle.Pickler]:
 
 def format_exception(exc: BaseException) -> str:
     try:
-        return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+        import traceback  # not before a task fails: it costs a worker's start 3 ms
+
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     except BaseException:  # noqa: BLE001  # a broken __str__ must not lose the error
         return f"{type(exc).__qualname__}: <traceback could not be formatted>"
 

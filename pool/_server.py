@@ -23,8 +23,8 @@ __all__ = ["AVAILABLE", "TIMEOUT", "close_quietly", "open_stdio", "search_path",
 
 # What the server imports before it serves (every worker needs it), and
 # while it waits for its first requests (what most workers need soon).
-_PRELOAD = ["pool._worker", "multiprocessing"]
-_IDLE_PRELOAD = ["cloudpickle", "tblib"]
+_PRELOAD = ["pool._worker"]
+_IDLE_PRELOAD = ["cloudpickle", "multiprocessing", "logging", "tblib", "traceback"]
 
 
 class _Server:

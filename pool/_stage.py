@@ -21,8 +21,9 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ._errors import SerializationError, TaskTimeout
+from ._errors import SerializationError
 from ._serialize import describe_callable, drop_frames_of, dumps, dumps_exception, loads
+from ._task_timeout import TaskTimeout
 
 MAP = "map"
 FILTER = "filter"

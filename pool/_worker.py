@@ -11,7 +11,7 @@ quick to start, and it keeps its own promises:
   processes the task started and exits at once.
 * A result, or an exception, is pickled inside the task's ``try``: if it
   cannot be pickled the task fails with a clear error and the worker lives.
-* ``logging`` records go to the caller's handlers (`_LogForwarder`); what a
+* ``logging`` records go to the caller's handlers (`pool._worker_logs`); what a
   task prints is line-buffered, so a worker killed later does not take it.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import faulthandler
 import io
-import logging
 import os
 import pickle
 import select
@@ -34,6 +33,7 @@ from . import _protocol as proto
 from . import _zygote
 from ._errors import SerializationError
 from ._frames import frame_header, send_with_fds
+from ._import_hooks import when_imported
 from ._segments import Segment, close_inherited, loads_out_of_band, receive_segments, socket_of
 from ._serialize import describe_callable, drop_frames_of, dumps_exception, dumps_result, loads
 
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
     from ._frames import Channel
 
+# logging.WARNING, the level a worker logs at unless told: logging itself is
+# imported only when something in the worker uses it.
+WARNING = 30
 # Exit status of a worker whose parent vanished; nobody reads it but `ps`.
 PARENT_DIED_EXIT = 70
 INIT_FAILED_EXIT = 71
@@ -253,51 +256,23 @@ class _Sender:
 _current_task: str | None = None
 
 
-class _LogForwarder(logging.Handler):
-    """Sends each record to the supervisor, which hands it to the caller's logging.
-
-    The record travels as a dict with its message already formatted (its
-    ``args`` may not pickle) and its traceback as text.
-    """
-
-    def __init__(self, sender: _Sender) -> None:
-        super().__init__()
-        self._sender = sender
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            data = dict(record.__dict__)
-            data["msg"] = record.getMessage()
-            data["args"] = None
-            if record.exc_info:
-                data["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            data["exc_info"] = None
-            data["task"] = _current_task
-            try:
-                payload = pickle.dumps((proto.LOG_RECORD, data), protocol=5)
-            except Exception:  # noqa: BLE001  # an odd extra attribute: send the plain fields
-                plain = {k: v for k, v in data.items() if isinstance(v, (str, int, float, type(None)))}
-                payload = pickle.dumps((proto.LOG_RECORD, plain), protocol=5)
-            self._sender.send(payload)
-        except Exception:  # noqa: BLE001  # logging must never break the task
-            self.handleError(record)
-
-
 def _set_up_output(sender: _Sender, log_level: int) -> None:
-    root = logging.getLogger()
-    for handler in list(root.handlers):  # inherited under fork: they would write twice
-        root.removeHandler(handler)
-    root.addHandler(_LogForwarder(sender))
-    root.setLevel(log_level)
+    when_imported("logging", lambda _: _forward_logs(sender, log_level))
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)
 
 
+def _forward_logs(sender: _Sender, log_level: int) -> None:
+    from ._worker_logs import forward_records
+
+    forward_records(sender.send, log_level, lambda: _current_task)
+
+
 def main(
     conn: multiprocessing.connection.Connection | Channel,
     init: tuple[bytes, bytes] | None,
-    log_level: int = logging.WARNING,
+    log_level: int = WARNING,
 ) -> None:
     """The worker's life: initialize, announce, serve until the sentinel."""
     global _current_task

@@ -8,7 +8,10 @@ preloads `pool._worker`, which stays clear of multiprocessing) and forks
 from there; what a worker needs later (cloudpickle) it imports while idle.
 Not even ``typing``, 2 ms of the server's start before its first fork: the
 modules a worker imports name it for the type checker only (``TYPE_CHECKING
-= False``, which mypy reads as true).
+= False``, which mypy reads as true). Nor ``logging`` and ``multiprocessing``,
+8 ms more: a worker sets up its log forwarding and its multiprocessing
+identity when a task first imports them (`pool._import_hooks`), and the
+server imports them while idle, for the workers it forks later.
 
 This module is the server's side, and a forked worker's first steps; the
 caller's side is in `pool._start`. Both sides speak over one Unix socket:
@@ -44,6 +47,7 @@ import sys
 from collections.abc import Callable
 
 from ._frames import Channel, read_exact
+from ._import_hooks import when_imported
 
 TYPE_CHECKING = False  # typing costs a worker's start 2 ms: see pool._zygote
 if TYPE_CHECKING:
@@ -230,7 +234,8 @@ def _child(payload: bytes, fds: list[int], alive_fd: int) -> None:
             os.environ.clear()
             os.environ.update(prep["environ"])
         os.chdir(prep["cwd"])
-        _become(prep["process"], prep["start_method"], alive_fd)
+        # When multiprocessing is imported, if ever: most tasks never do.
+        when_imported("multiprocessing", lambda _: _become(prep["process"], prep["start_method"], alive_fd))
         target(*args, **kwargs)
         code = 0
         _as_multiprocessing_exits()
