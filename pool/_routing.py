@@ -63,12 +63,13 @@ class Routing:
         if not self._pending:
             return
         batches: dict[WorkerHandle, list[Task]] = {}
+        now = self._clock()
         with self._lock:
             while self._pending:
                 task = self._pending[0]
                 # In order: a task too big for any busy worker's pipe waits
                 # for an idle worker, and the tasks behind it wait with it.
-                worker = self._least_loaded(task, batches)
+                worker = self._least_loaded(task, batches, now)
                 if worker is None:
                     break
                 self._pending.popleft()
@@ -83,16 +84,17 @@ class Routing:
                     self._tally.cancelled += 1
                     continue
                 batches.setdefault(worker, []).append(task)
-        now = self._clock()
         for worker, tasks in batches.items():
             self._send_tasks(worker, tasks, now)
 
-    def _least_loaded(self, task: Task, batches: dict[WorkerHandle, list[Task]]) -> WorkerHandle | None:
+    def _least_loaded(
+        self, task: Task, batches: dict[WorkerHandle, list[Task]], now: float
+    ) -> WorkerHandle | None:
         best: WorkerHandle | None = None
         best_load = 0
         for worker in self._workers:
             batch = batches.get(worker, [])
-            if not worker.usable() or not worker.accepts(task, batch):
+            if not worker.usable() or not worker.accepts(task, batch, now):
                 continue
             if self._max_tasks is not None and worker.sent + len(batch) >= self._max_tasks:
                 continue

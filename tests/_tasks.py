@@ -305,6 +305,12 @@ def read_fifo(path: str) -> str:
         return fifo.readline().strip()
 
 
+def announce_then_read(path: str, release: str) -> str:
+    """Announce through ``path``, then block until the test writes a line to ``release``."""
+    announce(path)
+    return read_fifo(release)
+
+
 def counted_segments(_: object = None) -> int:
     """How many segments this process counts as its own (see pool._segments.MAX_LIVE)."""
     from pool import _segments

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from _tasks import exit_once, identity, make_bytes, sleep_then, square
+from _support import Handshake
+from _tasks import announce_then_read, exit_once, identity, make_bytes, sleep_then, square
 
 from pool import Future, Pool, WorkerLost
 from pool._supervisor import Supervisor
-from pool._workers import PIPE_BUDGET, Task, WorkerHandle
+from pool._workers import PIPE_BUDGET, PREFETCH_BELOW, Task, WorkerHandle
 
 
 def _warm(p: Pool) -> None:
@@ -37,6 +40,46 @@ def test_big_arguments_and_big_results_together_do_not_deadlock() -> None:
             expected += [b"r" * size, payload, 9]
         assert [future.result(timeout=120) for future in futures] == expected
     assert size > PIPE_BUDGET
+
+
+def test_a_task_is_queued_only_behind_one_that_has_not_run_long() -> None:
+    conn = _BrokenConn()
+    try:
+        worker = WorkerHandle(_FakeProcess(), conn)  # type: ignore[arg-type]
+        worker.ready = True
+        worker.speed = 0.001  # its tasks take a millisecond
+        running = Task(0, Future(), "running", 0, None, b"", b"", None, 0, attempts=1)
+        running.started = 100.0
+        worker.outstanding.append(running)
+        queued = Task(1, Future(), "queued", 0, None, b"", b"", None, 0)
+        assert worker.accepts(queued, [], now=100.0 + PREFETCH_BELOW / 2)
+        assert not worker.accepts(queued, [], now=100.0 + 2 * PREFETCH_BELOW)
+        worker.sock.close()
+    finally:
+        conn.close()
+
+
+def test_short_tasks_go_to_the_free_worker_not_behind_a_stuck_one(tmp_path: Path) -> None:
+    """Queued behind a stuck task, they would wait as long as it does, another worker idle."""
+    handshake = Handshake(tmp_path)
+    release = str(tmp_path / "release")
+    os.mkfifo(release)
+    with Pool(2) as p:
+        workers = p._supervisor._workers
+        while len(workers) < 2 or not all(w.speed is not None and w.speed < PREFETCH_BELOW for w in workers):
+            _warm(p)  # until both workers' tasks are measured short: they are sent work ahead
+        stuck = p.submit(announce_then_read, handshake.path, release)
+        handshake.wait()
+        try:
+            # Its task has run long, without waiting here for it to: a clock ahead.
+            p._supervisor._clock = lambda: time.monotonic() + 3600
+            # Many at once: spread over the workers by their load, were both free to take them.
+            assert list(p.map(square, range(200), chunksize=1, timeout=60)) == [i * i for i in range(200)]
+            assert not stuck.done()
+        finally:
+            with open(release, "w") as out:  # the task reads it: this open does not block
+                out.write("go\n")
+        assert stuck.result(timeout=60) == "go"
 
 
 def test_tasks_queued_behind_a_crash_keep_their_retries(tmp_path: Path) -> None:
