@@ -48,6 +48,11 @@ def stray_processes() -> list[psutil.Process]:
     return [p for p in descendants if p.pid not in helpers]
 
 
+def running_strays() -> list[psutil.Process]:
+    """`stray_processes` still running: an exited worker waits a moment to be reaped by the fork server."""
+    return [p for p in stray_processes() if _running(p)]
+
+
 def wait_gone(processes: list[psutil.Process], timeout: float = EXIT_DEADLINE) -> list[psutil.Process]:
     """Wait until the processes exit; return those still alive."""
     _, alive = psutil.wait_procs(processes, timeout=timeout)

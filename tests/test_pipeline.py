@@ -40,7 +40,7 @@ from _stages import (
     words,
 )
 from _support import Handshake
-from conftest import stray_processes, wait_gone
+from conftest import running_strays, stray_processes, wait_gone
 
 from pool import FailedItem, Pipeline, SerializationError, StageStats, TaskTimeout, WorkerLost
 
@@ -391,8 +391,10 @@ def test_an_error_in_the_source_comes_after_the_items_before_it() -> None:
 
 def test_breaking_out_stops_every_stage_even_a_stuck_one(tmp_path: Path) -> None:
     handshake = Handshake(tmp_path)
-    stuck = functools.partial(block_at, 40, handshake.path)
-    pipe = Pipeline(itertools.count()).map(double, workers=2).map(stuck)
+    stuck = functools.partial(block_at, 2, handshake.path)  # source item 1, doubled
+    # A buffer of one item: item 1 is read once the loop holds item 0, so it
+    # cannot get stuck ahead of it (the first stage's workers finish in any order).
+    pipe = Pipeline(itertools.count(), buffer=1).map(double, workers=2).map(stuck)
     got = []
     for item in pipe:
         got.append(item)
@@ -400,14 +402,14 @@ def test_breaking_out_stops_every_stage_even_a_stuck_one(tmp_path: Path) -> None
             handshake.wait()  # the last stage is now stuck on an item
             break
     assert got == [0]
-    assert not stray_processes()
+    assert not running_strays()
 
 
 def test_an_exception_in_the_loop_body_stops_the_pipeline() -> None:
     with pytest.raises(KeyError):
         for _ in Pipeline(itertools.count()).map(double):
             raise KeyError("caller's own error")
-    assert not stray_processes()
+    assert not running_strays()
 
 
 def test_an_endless_source_is_read_only_as_fast_as_results_are_taken() -> None:
@@ -430,7 +432,7 @@ def test_an_iterator_dropped_before_its_first_item_started_nothing() -> None:
     pipe = Pipeline(counting(None, reads)).map(double)
     assert list(zip([], pipe)) == []  # noqa: B905  # zip asks iter() but never next()
     assert reads == [0]
-    assert not stray_processes()
+    assert not running_strays()
     assert not [t for t in threading.enumerate() if t.name.startswith("pool-")]
 
 
