@@ -26,6 +26,7 @@ __all__ = ["when_imported"]
 Callback = Callable[[ModuleType], None]
 
 # Module name: what to run once it is imported. A name leaves when it is.
+# Read by every import once the finder is on sys.meta_path: one dict lookup.
 _waiting: dict[str, list[Callback]] = {}
 
 
@@ -77,12 +78,20 @@ class _Loader:
             module.__spec__.loader = self._loader
         self._loader.exec_module(module)
         # Popped here, not when found: a spec found but never loaded
-        # (importlib.util.find_spec) must not take the callbacks with it.
+        # (importlib.util.find_spec) must not take the callbacks with it. The
+        # finder stays on sys.meta_path: taking it out could make another
+        # thread's import, walking that list, skip the finder after it.
         callbacks = _waiting.pop(module.__name__, [])
-        if not _waiting:
-            try:
-                sys.meta_path.remove(_Finder)
-            except ValueError:  # another thread's import took it out first
-                pass
         for callback in callbacks:
-            callback(module)
+            try:
+                callback(module)
+            except Exception:  # noqa: BLE001  # the import itself succeeded: the task must get its module
+                import traceback
+
+                print(f"pool: a hook on the import of {module.__name__} failed:", file=sys.stderr)
+                traceback.print_exc()
+
+    def __getattr__(self, name: str) -> Any:
+        # get_source, is_package, ...: a spec found and not loaded yet
+        # (importlib.util.find_spec) still answers as its own loader would.
+        return getattr(self._loader, name)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 from collections.abc import Callable
 
 from . import _protocol as proto
+from . import _zygote
 
 __all__ = ["forward_records"]
 
@@ -46,6 +48,10 @@ class _LogForwarder(logging.Handler):
                 data["exc_text"] = logging.Formatter().formatException(record.exc_info)
             data["exc_info"] = None
             data["task"] = self._task_name()
+            if "multiprocessing" not in sys.modules and _zygote.process_name is not None:
+                # logging names a process MainProcess unless multiprocessing,
+                # loaded, says otherwise: this worker's name, as it would say.
+                data["processName"] = _zygote.process_name
             try:
                 payload = pickle.dumps((proto.LOG_RECORD, data), protocol=5)
             except Exception:  # noqa: BLE001  # an odd extra attribute: send the plain fields

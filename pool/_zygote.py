@@ -69,6 +69,9 @@ MAX_FDS = 8
 # In a forked child: a descriptor readable (at end of file) once the process
 # that asked for it is gone. None elsewhere.
 parent_sentinel: int | None = None
+# In a forked child: its name as multiprocessing's child (``current_process().name``),
+# for its log records while multiprocessing is not imported. None elsewhere.
+process_name: str | None = None
 
 
 def serve(ctl_fd: int, alive_fd: int, preload: list[str], idle_preload: list[str]) -> None:
@@ -219,7 +222,7 @@ def _fork(
 
 def _child(payload: bytes, fds: list[int], alive_fd: int) -> None:
     """A forked worker's life: take the request's settings, run its target, exit."""
-    global parent_sentinel
+    global parent_sentinel, process_name
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -234,6 +237,7 @@ def _child(payload: bytes, fds: list[int], alive_fd: int) -> None:
             os.environ.clear()
             os.environ.update(prep["environ"])
         os.chdir(prep["cwd"])
+        process_name = prep["process"]["_name"]
         # When multiprocessing is imported, if ever: most tasks never do.
         when_imported("multiprocessing", lambda _: _become(prep["process"], prep["start_method"], alive_fd))
         target(*args, **kwargs)
