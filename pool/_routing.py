@@ -29,7 +29,7 @@ from ._outcomes import deliver_error, deliver_result, log_record
 from ._segments import Segment, send_segments
 from ._serialize import loads, loads_exception
 from ._tally import Tally
-from ._workers import Task, WorkerHandle
+from ._workers import Paces, Task, WorkerHandle
 
 # Measure a worker's memory (with its children) at most this often, after it
 # answers a task. Each look reads /proc for the whole process tree.
@@ -50,6 +50,7 @@ class Routing:
     _workers: list[WorkerHandle]
     _by_conn: dict[Any, WorkerHandle]
     _start_failures: int
+    _paces: Paces
 
     if TYPE_CHECKING:  # defined by the other parts of Supervisor
 
@@ -94,7 +95,7 @@ class Routing:
         best_load = 0
         for worker in self._workers:
             batch = batches.get(worker, [])
-            if not worker.usable() or not worker.accepts(task, batch, now):
+            if not worker.usable() or not worker.accepts(task, batch, now, self._paces):
                 continue
             if self._max_tasks is not None and worker.sent + len(batch) >= self._max_tasks:
                 continue
@@ -172,6 +173,7 @@ class Routing:
             if ended and task.started is not None:
                 elapsed = (now - task.started) / ended
                 worker.speed = elapsed if worker.speed is None else 0.8 * worker.speed + 0.2 * elapsed
+                self._paces.note(task.name, elapsed)
             if worker.outstanding:
                 worker.outstanding[0].started = now
             worker.tasks_done += 1

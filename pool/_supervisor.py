@@ -92,7 +92,7 @@ from ._processes import block_async_signals, children_of, load_psutil
 from ._routing import Routing
 from ._start import prestart
 from ._tally import Tally
-from ._workers import Task, WorkerHandle
+from ._workers import Paces, Task, WorkerHandle
 
 if TYPE_CHECKING:
     from ._stats import PoolStats
@@ -171,6 +171,7 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
         self._by_conn: dict[Any, WorkerHandle] = {}
         self._by_sentinel: dict[int, WorkerHandle] = {}
         self._start_failures = 0
+        self._paces = Paces()  # each function's measured call time: see pool._workers
         self._stop_deadline: float | None = None
         self._terminated = False
         self._spawned_at: deque[float] = deque()

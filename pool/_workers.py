@@ -23,15 +23,16 @@ from ._segments import Segment, socket_of
 # A worker holds tasks queued behind the one it runs, in its pipe, so it
 # never waits for the supervisor between short tasks, and the supervisor
 # sends and reads many at a time. A queued task cannot move to an idle
-# worker or be cancelled, so the supervisor queues only behind tasks it has
-# seen finish in under PREFETCH_BELOW seconds: one such task, or as many as
-# take PREFETCH_WORK seconds together by the worker's recent pace, up to
-# MAX_OUTSTANDING in all. So a long task that turns up behind short ones
-# waits for at most a few milliseconds of them. Nor does it queue behind a
-# task that has run PREFETCH_BELOW seconds already: one short task among
-# long ones, or stuck, would hold what waits behind it while other workers
-# are free. Measured on 20,000 tiny tasks (2 workers): at most 2 held, 21k
-# tasks/s; at most 32, 30-40k.
+# worker or be cancelled, so the supervisor queues only behind short tasks:
+# of a function whose calls it has seen take under PREFETCH_BELOW seconds
+# (`Paces`), on a worker whose recent tasks did too; one such task, or as
+# many as take PREFETCH_WORK seconds together by the worker's recent pace,
+# up to MAX_OUTSTANDING in all. So a long task that turns up behind short
+# ones waits for at most a few milliseconds of them. Nor does it queue
+# behind a task that has run PREFETCH_BELOW seconds already: a call that
+# runs long this time, or is stuck, would hold what waits behind it while
+# other workers are free. Measured on 20,000 tiny tasks (2 workers): at most
+# 2 held, 21k tasks/s; at most 32, 30-40k.
 MAX_OUTSTANDING = 64
 PREFETCH_BELOW = 0.005
 PREFETCH_WORK = 0.002
@@ -164,24 +165,51 @@ class WorkerHandle:
             return None  # doomed: we killed it mid-task; what is left never started
         return self.outstanding[0].name
 
-    def accepts(self, task: Task, batch: list[Task], now: float) -> bool:
+    def accepts(self, task: Task, batch: list[Task], now: float, paces: Paces) -> bool:
         """May ``task`` join ``batch``, the tasks about to be sent to this worker?"""
         queued = len(self.outstanding) + len(batch)
         if queued == 0:
             return True
         if queued >= MAX_OUTSTANDING or self.speed is None or self.speed >= PREFETCH_BELOW:
             return False
-        if self.outstanding:
-            started = self.outstanding[0].started
-            if started is not None and now - started >= PREFETCH_BELOW:
-                return False  # it runs long this time: see PREFETCH_BELOW
         if queued >= 2 and queued * self.speed > PREFETCH_WORK:
+            return False
+        if not self._short_ahead(batch, now, paces):
             return False
         if not self.outstanding:
             return True  # idle: it reads the whole batch in one message before it runs any
         # Busy: all but the running task may still sit unread in the pipe.
         unread = sum(task_size(t) for t in itertools.islice(self.outstanding, 1, None))
         return unread + sum(task_size(t) for t in batch) + task_size(task) <= PIPE_BUDGET
+
+    def _short_ahead(self, batch: list[Task], now: float, paces: Paces) -> bool:
+        """Whether what a task would wait for here is short: see PREFETCH_BELOW."""
+        # The task right ahead of it; those further ahead passed this when queued.
+        ahead = batch[-1] if batch else self.outstanding[-1]
+        if not paces.short(ahead.name):
+            return False
+        started = self.outstanding[0].started if self.outstanding else None
+        return started is None or now - started < PREFETCH_BELOW  # else it runs long this time
+
+
+class Paces:
+    """How long each function's calls take, smoothed, as the supervisor sees them end."""
+
+    LIMIT = 1024  # names kept; past it, all are forgotten and measured anew
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+
+    def note(self, name: str, seconds: float) -> None:
+        known = self._seconds.get(name)
+        if known is None and len(self._seconds) >= self.LIMIT:
+            self._seconds.clear()
+        self._seconds[name] = seconds if known is None else 0.8 * known + 0.2 * seconds
+
+    def short(self, name: str) -> bool:
+        """Whether calls of ``name`` were seen, and take under PREFETCH_BELOW seconds."""
+        seconds = self._seconds.get(name)
+        return seconds is not None and seconds < PREFETCH_BELOW
 
 
 def task_size(task: Task) -> int:

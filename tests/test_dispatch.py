@@ -15,7 +15,7 @@ from _tasks import announce_then_read, exit_once, identity, make_bytes, sleep_th
 
 from pool import Future, Pool, WorkerLost
 from pool._supervisor import Supervisor
-from pool._workers import PIPE_BUDGET, PREFETCH_BELOW, Task, WorkerHandle
+from pool._workers import PIPE_BUDGET, PREFETCH_BELOW, Paces, Task, WorkerHandle
 
 
 def _warm(p: Pool) -> None:
@@ -42,25 +42,32 @@ def test_big_arguments_and_big_results_together_do_not_deadlock() -> None:
     assert size > PIPE_BUDGET
 
 
-def test_a_task_is_queued_only_behind_one_that_has_not_run_long() -> None:
+def test_a_task_is_queued_only_behind_a_short_one_that_has_not_run_long() -> None:
     conn = _BrokenConn()
     try:
         worker = WorkerHandle(_FakeProcess(), conn)  # type: ignore[arg-type]
         worker.ready = True
-        worker.speed = 0.001  # its tasks take a millisecond
+        worker.speed = 0.001  # its recent tasks took a millisecond
         running = Task(0, Future(), "running", 0, None, b"", b"", None, 0, attempts=1)
         running.started = 100.0
         worker.outstanding.append(running)
         queued = Task(1, Future(), "queued", 0, None, b"", b"", None, 0)
-        assert worker.accepts(queued, [], now=100.0 + PREFETCH_BELOW / 2)
-        assert not worker.accepts(queued, [], now=100.0 + 2 * PREFETCH_BELOW)
+        young, old = 100.0 + PREFETCH_BELOW / 2, 100.0 + 2 * PREFETCH_BELOW
+        paces = Paces()
+        assert not worker.accepts(queued, [], young, paces)  # "running" never measured
+        paces.note("running", 10 * PREFETCH_BELOW)
+        assert not worker.accepts(queued, [], young, paces)  # measured long
+        paces = Paces()
+        paces.note("running", 0.001)
+        assert worker.accepts(queued, [], young, paces)
+        assert not worker.accepts(queued, [], old, paces)  # long this time
         worker.sock.close()
     finally:
         conn.close()
 
 
-def test_short_tasks_go_to_the_free_worker_not_behind_a_stuck_one(tmp_path: Path) -> None:
-    """Queued behind a stuck task, they would wait as long as it does, another worker idle."""
+def test_short_tasks_go_to_the_free_worker_not_behind_a_long_one(tmp_path: Path) -> None:
+    """Queued behind a long (here: stuck) task, they would wait as long as it does, another worker free."""
     handshake = Handshake(tmp_path)
     release = str(tmp_path / "release")
     os.mkfifo(release)
@@ -68,17 +75,21 @@ def test_short_tasks_go_to_the_free_worker_not_behind_a_stuck_one(tmp_path: Path
         workers = p._supervisor._workers
         while len(workers) < 2 or not all(w.speed is not None and w.speed < PREFETCH_BELOW for w in workers):
             _warm(p)  # until both workers' tasks are measured short: they are sent work ahead
+        # The clock stands still: however long the stuck task runs, only its
+        # function's pace, never measured, keeps the others from queueing behind it.
+        now = time.monotonic()
+        p._supervisor._clock = lambda: now
         stuck = p.submit(announce_then_read, handshake.path, release)
-        handshake.wait()
         try:
-            # Its task has run long, without waiting here for it to: a clock ahead.
-            p._supervisor._clock = lambda: time.monotonic() + 3600
             # Many at once: spread over the workers by their load, were both free to take them.
-            assert list(p.map(square, range(200), chunksize=1, timeout=60)) == [i * i for i in range(200)]
-            assert not stuck.done()
+            squares = list(p.map(square, range(200), chunksize=1, timeout=60))
+            still_running = not stuck.done()
         finally:
-            with open(release, "w") as out:  # the task reads it: this open does not block
+            handshake.wait()  # the task announces itself, then reads `release`
+            with open(release, "w") as out:
                 out.write("go\n")
+        assert squares == [i * i for i in range(200)]
+        assert still_running
         assert stuck.result(timeout=60) == "go"
 
 
