@@ -29,7 +29,7 @@ from ._outcomes import deliver_error, deliver_result, log_record
 from ._segments import Segment, send_segments
 from ._serialize import loads, loads_exception
 from ._tally import Tally
-from ._workers import Paces, Task, WorkerHandle
+from ._workers import Paces, Task, WorkerHandle, smoothed
 
 # Measure a worker's memory (with its children) at most this often, after it
 # answers a task. Each look reads /proc for the whole process tree.
@@ -172,7 +172,7 @@ class Routing:
             now = self._clock()
             if ended and task.started is not None:
                 elapsed = (now - task.started) / ended
-                worker.speed = elapsed if worker.speed is None else 0.8 * worker.speed + 0.2 * elapsed
+                worker.speed = smoothed(worker.speed, elapsed)
                 self._paces.note(task.name, elapsed)
             if worker.outstanding:
                 worker.outstanding[0].started = now

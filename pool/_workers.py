@@ -204,12 +204,17 @@ class Paces:
         known = self._seconds.get(name)
         if known is None and len(self._seconds) >= self.LIMIT:
             self._seconds.clear()
-        self._seconds[name] = seconds if known is None else 0.8 * known + 0.2 * seconds
+        self._seconds[name] = smoothed(known, seconds)
 
     def short(self, name: str) -> bool:
         """Whether calls of ``name`` were seen, and take under PREFETCH_BELOW seconds."""
         seconds = self._seconds.get(name)
         return seconds is not None and seconds < PREFETCH_BELOW
+
+
+def smoothed(known: float | None, seconds: float) -> float:
+    """A duration's running estimate after one more measurement: recent ones weigh most."""
+    return seconds if known is None else 0.8 * known + 0.2 * seconds
 
 
 def task_size(task: Task) -> int:
