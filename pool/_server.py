@@ -24,7 +24,7 @@ __all__ = ["AVAILABLE", "TIMEOUT", "close_quietly", "open_stdio", "search_path",
 # What the server imports before it serves (every worker needs it), and
 # while it waits for its first requests (what most workers need soon).
 _PRELOAD = ["pool._worker"]
-_IDLE_PRELOAD = ["cloudpickle", "multiprocessing", "logging", "tblib", "traceback"]
+_IDLE_PRELOAD = ["cloudpickle", "multiprocessing", "tblib", "logging"]  # logging imports traceback
 
 
 class _Server:
