@@ -35,7 +35,7 @@ from ._segments import Segment
 from ._serialize import describe_callable, dumps_arguments, dumps_call, dumps_function, dumps_items
 from ._start import resolve_context
 from ._supervisor import Supervisor
-from ._workers import Task
+from ._workers import Task, available_cpus
 
 if TYPE_CHECKING:
     from ._stats import PoolStats
@@ -361,7 +361,7 @@ class Pool(_TaskAPI, Executor):
         retries: int = 0,
     ) -> None:
         if max_workers is None:
-            max_workers = _available_cpus()
+            max_workers = available_cpus()
         self._max_workers = _check_count("max_workers", max_workers, 1)
         context = resolve_context(mp_context)
         init: tuple[bytes, bytes] | None = None
@@ -500,10 +500,3 @@ class Pool(_TaskAPI, Executor):
     def __repr__(self) -> str:
         state = "shut down" if self._closed else "running"
         return f"<pool.Pool max_workers={self._max_workers} {state}>"
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

@@ -92,7 +92,7 @@ from ._processes import block_async_signals, children_of, load_psutil
 from ._routing import Routing
 from ._start import prestart
 from ._tally import Tally
-from ._workers import Paces, Task, WorkerHandle
+from ._workers import Paces, Task, WorkerHandle, available_cpus
 
 if TYPE_CHECKING:
     from ._stats import PoolStats
@@ -172,6 +172,7 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
         self._by_sentinel: dict[int, WorkerHandle] = {}
         self._start_failures = 0
         self._paces = Paces()  # each function's measured call time: see pool._workers
+        self._cpus = available_cpus()  # a reader spins only with one free: see pool._direct
         self._stop_deadline: float | None = None
         self._terminated = False
         self._spawned_at: deque[float] = deque()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing.process
+import os
 import socket
 from collections import deque
 from typing import Any
@@ -206,6 +207,10 @@ class Paces:
             self._seconds.clear()
         self._seconds[name] = smoothed(known, seconds)
 
+    def seconds(self, name: str) -> float | None:
+        """How long calls of ``name`` take, smoothed; None if none was seen."""
+        return self._seconds.get(name)
+
     def short(self, name: str) -> bool:
         """Whether calls of ``name`` were seen, and take under PREFETCH_BELOW seconds."""
         seconds = self._seconds.get(name)
@@ -215,6 +220,14 @@ class Paces:
 def smoothed(known: float | None, seconds: float) -> float:
     """A duration's running estimate after one more measurement: recent ones weigh most."""
     return seconds if known is None else 0.8 * known + 0.2 * seconds
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def task_size(task: Task) -> int:

@@ -16,8 +16,10 @@ import select
 import signal
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -27,14 +29,20 @@ from _tasks import die_when_released, fork_then_die, log_and_return, read_fifo, 
 
 import pool._direct
 from pool import Future, Pool, WorkerLost
+from pool._direct import SPIN, Direct
 from pool._supervisor import Supervisor
+from pool._workers import Paces
 
 TIMEOUT = 60
 _poll = select.poll
 
 
 class _PollSpy:
-    """`select.poll` for pool._direct, telling when a reader starts waiting on a pipe."""
+    """`select.poll` for pool._direct, telling when a reader starts waiting on a pipe.
+
+    Waiting means sleeping in poll: polls that do not sleep (a reader's
+    first, spinning ones) do not count.
+    """
 
     def __init__(self) -> None:
         self.waiting = threading.Event()
@@ -48,7 +56,8 @@ class _PollSpy:
                 self._real.register(fd, mask)
 
             def poll(self, timeout: int | None = None) -> list[tuple[int, int]]:
-                spy.waiting.set()
+                if timeout != 0:
+                    spy.waiting.set()
                 return self._real.poll(timeout)
 
         self.poll = Poll
@@ -495,3 +504,46 @@ def test_a_caller_reads_directly_only_in_its_own_process(one: Pool, fifo: str) -
         os.waitpid(child, 0)
     release(fifo, "parent's")
     assert future.result(timeout=TIMEOUT) == "parent's"
+
+
+def test_a_reader_spins_only_for_a_function_measured_short_with_a_cpu_free() -> None:
+    def worker(name: str | None) -> SimpleNamespace:
+        return SimpleNamespace(outstanding=deque([] if name is None else [SimpleNamespace(name=name)]))
+
+    reader = worker("short")
+    owner: Any = SimpleNamespace(_paces=Paces(), _workers=[reader, worker(None)], _cpus=2)
+    assert Direct._spin_for(owner, reader) == 0  # never measured
+    owner._paces.note("short", SPIN / 2)
+    assert Direct._spin_for(owner, reader) == SPIN
+    owner._workers.append(worker("other"))  # as many busy as CPUs
+    assert Direct._spin_for(owner, reader) == 0
+    owner._workers.pop()
+    owner._paces.note("short", 100 * SPIN)  # measured long now
+    assert Direct._spin_for(owner, reader) == 0
+
+
+def test_a_reader_spins_briefly_for_a_short_function_then_sleeps_until_the_reply(
+    fifo: str, spy: _PollSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spins: list[float] = []
+    real = pool._direct._spin
+
+    def counted(poller: Any, seconds: float) -> list[tuple[int, int]]:
+        spins.append(seconds)
+        return real(poller, seconds)
+
+    monkeypatch.setattr(pool._direct, "_spin", counted)
+    with Pool(1) as p:
+        p._supervisor._clock = lambda: 0.0  # every call measures 0 s: short
+        p._supervisor._cpus = 2  # one free for the reader, whatever runs the test
+        first = p.submit(read_fifo, fifo)
+        release(fifo, "measured")
+        assert first.result(timeout=TIMEOUT) == "measured"
+        held = submit_direct(p, fifo)
+        spins.clear()
+        spy.waiting.clear()
+        # Released only once the reader sleeps: a spin that never ended would time out.
+        releaser = release_when(spy.waiting, fifo, "late")
+        assert held.result(timeout=TIMEOUT) == "late"
+        releaser.join(TIMEOUT)
+        assert spins == [SPIN]
