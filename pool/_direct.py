@@ -34,14 +34,10 @@ callbacks is left to the supervisor, and callbacks added meanwhile are
 handed to it: they run in its thread, as always, never inside the
 caller's ``result``, where the caller may hold a lock a callback takes.
 
-**Spinning.** A reader whose task is of a function whose calls have taken
-under SPIN seconds, from send to reply, polls the pipe without sleeping
-for up to SPIN seconds before it sleeps in poll, if the pool has a CPU
-free for it (fewer workers busy than CPUs). Waking a thread that sleeps
-costs tens of microseconds, on a virtual machine the most of a tiny
-task's round trip; 20,000 round trips of a tiny task took 160 µs each
-sleeping, 70-100 µs spinning. A call that runs long this time costs the
-caller SPIN seconds of CPU, once.
+**Spinning.** For a call of a function measured short, the caller's send
+asks the worker to poll for the next task without sleeping once it has
+replied, and the reader polls for the reply the same way before it sleeps
+(`pool._spin`, `_spin_for`).
 
 **Taking it back.** When the supervisor wakes for anything else, it takes
 the worker back at once (`_reclaim`): a byte on the recall pipe ends the
@@ -76,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 from ._futures import Future
 from ._outcomes import cancel, log_record
 from ._routing import _encode, _record_sent
+from ._spin import SPIN, spin
 from ._tally import Tally
 from ._workers import PIPE_BUDGET, Paces, Task, WorkerHandle, task_size
 
@@ -83,9 +80,6 @@ __all__ = ["Direct"]
 
 # The longest single poll of a reader; a longer wait polls again.
 MAX_POLL = 3600.0
-# A reader polls without sleeping for up to this long, for a call of a
-# function measured shorter than this (see the module docstring).
-SPIN = 200e-6
 # How many times a reader tries to give its worker back when signals' exceptions
 # stop it (each retry is from a new exception: Ctrl-C pressed again and again).
 SETTLE_TRIES = 8
@@ -173,7 +167,7 @@ class Direct:
             return False
         worker = self._lent.pop()
         try:
-            worker.conn.send_bytes(_encode(worker, [task]))
+            worker.conn.send_bytes(_encode(worker, [task], self._spin_for(task.name, worker)))
             task.future._start()  # fresh, not yet returned to anyone: it cannot be cancelled
             _record_sent(worker, [task], self._clock())
         except OSError:
@@ -228,13 +222,13 @@ class Direct:
                 future._hold_callbacks()
                 self._reading = worker
                 self._selector.unregister(worker.conn)
-                spin = self._spin_for(worker)
+                spinning = self._spin_for(worker.outstanding[0].name, worker)
             poller = select.poll()
             poller.register(worker.sock.fileno(), select.POLLIN)
             poller.register(self._recall_r, select.POLLIN)
             while not future.done():
-                ready = _poll(poller, deadline, spin)
-                spin = 0.0
+                ready = _poll(poller, deadline, spinning)
+                spinning = 0.0
                 if ready is None:
                     break  # the deadline passed
                 if not ready:
@@ -290,13 +284,18 @@ class Direct:
             and worker.conn in self._by_conn
         )
 
-    def _spin_for(self, worker: WorkerHandle) -> float:
-        """How long a reader of ``worker`` polls without sleeping first (``_lock`` held): see SPIN."""
-        pace = self._paces.seconds(worker.outstanding[0].name)
+    def _spin_for(self, name: str, worker: WorkerHandle) -> float:
+        """How long the two ends of a direct round trip of ``name`` on ``worker`` poll without sleeping.
+
+        ``_lock`` held. See `pool._spin`: only for a function measured
+        short, and with a CPU each for the caller and ``worker``, besides
+        the other workers' tasks.
+        """
+        pace = self._paces.seconds(name)
         if pace is None or pace >= SPIN:
             return 0.0
-        busy = sum(1 for w in self._workers if w.outstanding)
-        return SPIN if busy < self._cpus else 0.0
+        others = sum(1 for w in self._workers if w.outstanding and w is not worker)
+        return SPIN if others + 2 <= self._cpus else 0.0
 
     def _settle(self, future: Future[Any], worker: WorkerHandle, interrupted: bool) -> None:
         """Give the worker back, and the future's held callbacks to the supervisor's thread.
@@ -386,8 +385,8 @@ class Direct:
         return True
 
 
-def _poll(poller: select.poll, deadline: float | None, spin: float) -> list[tuple[int, int]] | None:
-    """Wait for the descriptors until ``deadline``, without sleeping for the first ``spin`` seconds.
+def _poll(poller: select.poll, deadline: float | None, spinning: float) -> list[tuple[int, int]] | None:
+    """Wait for the descriptors until ``deadline``, without sleeping for the first ``spinning`` seconds.
 
     None once the deadline has passed; no descriptors if the spin or the
     longest poll passed first.
@@ -395,15 +394,6 @@ def _poll(poller: select.poll, deadline: float | None, spin: float) -> list[tupl
     wait = MAX_POLL if deadline is None else min(deadline - time.monotonic(), MAX_POLL)
     if wait <= 0:
         return None
-    if spin:
-        return _spin(poller, min(spin, wait))
+    if spinning:
+        return spin(poller, min(spinning, wait))
     return poller.poll(math.ceil(wait * 1000))
-
-
-def _spin(poller: select.poll, seconds: float) -> list[tuple[int, int]]:
-    """Poll without sleeping for up to ``seconds``: the descriptors ready, or none."""
-    end = time.monotonic() + seconds
-    while True:
-        ready = poller.poll(0)
-        if ready or time.monotonic() >= end:
-            return ready

@@ -9,8 +9,11 @@ what the user sent.
 
 Commands to a worker (imperative)::
 
-    (RUN_TASKS, [(task_id, kind, fn_id, fn_bytes | None, args_bytes, layout | None), ...])
+    (RUN_TASKS, [(task_id, kind, fn_id, fn_bytes | None, args_bytes, layout | None), ...], spin)
     STOP                                  # the sentinel: finish and exit
+
+``spin`` (seconds, often 0): once it has replied to these tasks, how long
+the worker polls for its next message before it sleeps (`pool._spin`).
 
 ``kind`` says what ``args_bytes`` holds: CALL, ``(args, kwargs)`` for one
 call; MAP_CHUNK, a list of items, each passed as the one argument;

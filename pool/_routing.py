@@ -206,8 +206,12 @@ class Routing:
         return bool(worker.outstanding) and worker.outstanding[0] is task
 
 
-def _encode(worker: WorkerHandle, tasks: list[Task]) -> bytes:
-    """The RUN_TASKS message for ``tasks``, each function's bytes only if the worker lacks it."""
+def _encode(worker: WorkerHandle, tasks: list[Task], spin: float = 0.0) -> bytes:
+    """The RUN_TASKS message for ``tasks``, each function's bytes only if the worker lacks it.
+
+    ``spin``: how long the worker then polls for its next task without
+    sleeping (see `pool._spin`).
+    """
     entries = []
     for task in tasks:
         fn_bytes: bytes | None = task.fn_bytes
@@ -217,7 +221,7 @@ def _encode(worker: WorkerHandle, tasks: list[Task]) -> bytes:
             worker.cached.touch(task.fn_id)
         layout = None if task.segment is None else task.segment.layout
         entries.append((task.id, task.kind, task.fn_id, fn_bytes, task.args_bytes, layout))
-    return _pickle((proto.RUN_TASKS, entries))
+    return _pickle((proto.RUN_TASKS, entries, spin))
 
 
 def _record_sent(worker: WorkerHandle, tasks: list[Task], now: float) -> None:

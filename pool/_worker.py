@@ -36,6 +36,7 @@ from ._frames import frame_header, send_with_fds
 from ._import_hooks import when_imported
 from ._segments import Segment, close_inherited, loads_out_of_band, receive_segments, socket_of
 from ._serialize import describe_callable, drop_frames_of, dumps_exception, dumps_result, loads
+from ._spin import spin
 
 TYPE_CHECKING = False  # typing costs a worker's start 2 ms: see pool._zygote
 if TYPE_CHECKING:
@@ -288,6 +289,8 @@ def main(
 
     sender.send(pickle.dumps((proto.WORKER_READY, os.getpid()), protocol=5))
     functions = _Functions()
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
     while True:
         try:
             message = loads(conn.recv_bytes())
@@ -295,7 +298,7 @@ def main(
             _kill_children_and_exit(PARENT_DIED_EXIT)
         if message is proto.STOP:
             break
-        entries = message[1]
+        _, entries, spinning = message
         segments = _receive_segments(sender, entries)
         for task_id, kind, fn_id, fn_bytes, args_bytes, layout in entries:
             # The reply is built and sent before the next task starts: see
@@ -313,6 +316,8 @@ def main(
             sender.send(reply, out)
             del reply, out, held
             _flush_output()
+        if spinning:
+            spin(poller, spinning)  # the next task is due soon: see pool._spin
     conn.close()
 
 

@@ -338,3 +338,22 @@ def die_when_released(release: str) -> NoReturn:
     read_fifo(release)
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable")
+
+
+def record_spins(path: str) -> None:
+    """From now on, this worker appends each of its spins for a next task (seconds) to ``path``."""
+    import pool._worker
+
+    real = pool._worker.spin
+
+    def recorded(poller: Any, seconds: float) -> list[tuple[int, int]]:
+        with open(path, "a") as out:
+            out.write(f"{seconds}\n")
+        return real(poller, seconds)
+
+    pool._worker.spin = recorded  # type: ignore[assignment]
+
+
+def read_lines(path: str) -> list[str]:
+    with open(path) as lines:
+        return lines.read().split()

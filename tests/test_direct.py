@@ -25,11 +25,20 @@ from typing import Any
 import psutil
 import pytest
 from _support import Handshake
-from _tasks import die_when_released, fork_then_die, log_and_return, read_fifo, square
+from _tasks import (
+    die_when_released,
+    fork_then_die,
+    log_and_return,
+    read_fifo,
+    read_lines,
+    record_spins,
+    square,
+)
 
 import pool._direct
 from pool import Future, Pool, WorkerLost
-from pool._direct import SPIN, Direct
+from pool._direct import Direct
+from pool._spin import SPIN
 from pool._supervisor import Supervisor
 from pool._workers import Paces
 
@@ -506,36 +515,38 @@ def test_a_caller_reads_directly_only_in_its_own_process(one: Pool, fifo: str) -
     assert future.result(timeout=TIMEOUT) == "parent's"
 
 
-def test_a_reader_spins_only_for_a_function_measured_short_with_a_cpu_free() -> None:
+def test_both_ends_spin_only_for_a_function_measured_short_with_cpus_free() -> None:
     def worker(name: str | None) -> SimpleNamespace:
         return SimpleNamespace(outstanding=deque([] if name is None else [SimpleNamespace(name=name)]))
 
-    reader = worker("short")
-    owner: Any = SimpleNamespace(_paces=Paces(), _workers=[reader, worker(None)], _cpus=2)
-    assert Direct._spin_for(owner, reader) == 0  # never measured
+    reader = worker("short")  # its task on the way
+    owner: Any = SimpleNamespace(_paces=Paces(), _workers=[reader, worker(None)], _cpus=3)
+    assert Direct._spin_for(owner, "short", reader) == 0  # never measured
     owner._paces.note("short", SPIN / 2)
-    assert Direct._spin_for(owner, reader) == SPIN
-    owner._workers.append(worker("other"))  # as many busy as CPUs
-    assert Direct._spin_for(owner, reader) == 0
+    assert Direct._spin_for(owner, "short", reader) == SPIN
+    owner._workers.append(worker("other"))  # a CPU each for it, the caller and the worker
+    assert Direct._spin_for(owner, "short", reader) == SPIN
+    owner._workers.append(worker("third"))  # one CPU short
+    assert Direct._spin_for(owner, "short", reader) == 0
     owner._workers.pop()
     owner._paces.note("short", 100 * SPIN)  # measured long now
-    assert Direct._spin_for(owner, reader) == 0
+    assert Direct._spin_for(owner, "short", reader) == 0
 
 
 def test_a_reader_spins_briefly_for_a_short_function_then_sleeps_until_the_reply(
     fifo: str, spy: _PollSpy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spins: list[float] = []
-    real = pool._direct._spin
+    real = pool._direct.spin
 
     def counted(poller: Any, seconds: float) -> list[tuple[int, int]]:
         spins.append(seconds)
         return real(poller, seconds)
 
-    monkeypatch.setattr(pool._direct, "_spin", counted)
+    monkeypatch.setattr(pool._direct, "spin", counted)
     with Pool(1) as p:
         p._supervisor._clock = lambda: 0.0  # every call measures 0 s: short
-        p._supervisor._cpus = 2  # one free for the reader, whatever runs the test
+        p._supervisor._cpus = 2  # one for the caller, one for the worker, whatever runs the test
         first = p.submit(read_fifo, fifo)
         release(fifo, "measured")
         assert first.result(timeout=TIMEOUT) == "measured"
@@ -547,3 +558,29 @@ def test_a_reader_spins_briefly_for_a_short_function_then_sleeps_until_the_reply
         assert held.result(timeout=TIMEOUT) == "late"
         releaser.join(TIMEOUT)
         assert spins == [SPIN]
+
+
+def test_a_worker_spins_for_its_next_task_only_after_a_short_call_sent_straight_to_it(
+    tmp_path: Path,
+) -> None:
+    log = str(tmp_path / "spins")
+    with Pool(1) as p:
+        p._supervisor._clock = lambda: 0.0  # every call measures 0 s: short
+        p._supervisor._cpus = 2
+        p.submit(record_spins, log).result(timeout=TIMEOUT)
+        assert p.submit(square, 1).result(timeout=TIMEOUT) == 1  # square measured
+        direct = 0
+        for i in range(100):
+            future = p.submit(square, i)
+            direct += future._direct is not None
+            assert future.result(timeout=TIMEOUT) == i * i
+            if direct:
+                break
+        assert direct
+        # The second of two is sent by the supervisor, not straight by the caller: no spin.
+        first, second = p.submit(square, 2), p.submit(square, 3)
+        assert second._direct is None
+        direct += first._direct is not None
+        assert (first.result(timeout=TIMEOUT), second.result(timeout=TIMEOUT)) == (4, 9)
+        # The worker wrote each spin down before it read its next task.
+        assert p.submit(read_lines, log).result(timeout=TIMEOUT) == [str(SPIN)] * direct
