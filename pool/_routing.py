@@ -29,7 +29,7 @@ from ._outcomes import deliver_error, deliver_result, log_record
 from ._segments import Segment, send_segments
 from ._serialize import loads, loads_exception
 from ._tally import Tally
-from ._workers import Paces, Task, WorkerHandle, smoothed
+from ._workers import Batch, Paces, Task, WorkerHandle, smoothed
 
 # Measure a worker's memory (with its children) at most this often, after it
 # answers a task. Each look reads /proc for the whole process tree.
@@ -63,7 +63,7 @@ class Routing:
     def _dispatch(self) -> None:
         if not self._pending:
             return
-        batches: dict[WorkerHandle, list[Task]] = {}
+        batches: dict[WorkerHandle, Batch] = {}
         now = self._clock()
         with self._lock:
             while self._pending:
@@ -84,22 +84,27 @@ class Routing:
                     # round trip a callback and a lock, to count rare cancels.
                     self._tally.cancelled += 1
                     continue
-                batches.setdefault(worker, []).append(task)
-        for worker, tasks in batches.items():
-            self._send_tasks(worker, tasks, now)
+                batches[worker].append(task)
+        for worker, batch in batches.items():
+            if batch.tasks:
+                self._send_tasks(worker, batch.tasks, now)
 
     def _least_loaded(
-        self, task: Task, batches: dict[WorkerHandle, list[Task]], now: float
+        self, task: Task, batches: dict[WorkerHandle, Batch], now: float
     ) -> WorkerHandle | None:
         best: WorkerHandle | None = None
         best_load = 0
         for worker in self._workers:
-            batch = batches.get(worker, [])
-            if not worker.usable() or not worker.accepts(task, batch, now, self._paces):
+            if not worker.usable():
                 continue
-            if self._max_tasks is not None and worker.sent + len(batch) >= self._max_tasks:
+            batch = batches.get(worker)
+            if batch is None:
+                batch = batches[worker] = Batch(worker)
+            if not worker.accepts(task, batch, now, self._paces):
                 continue
-            load = len(worker.outstanding) + len(batch)
+            if self._max_tasks is not None and worker.sent + len(batch.tasks) >= self._max_tasks:
+                continue
+            load = len(worker.outstanding) + len(batch.tasks)
             if best is None or load < best_load:
                 best, best_load = worker, load
         return best

@@ -166,22 +166,20 @@ class WorkerHandle:
             return None  # doomed: we killed it mid-task; what is left never started
         return self.outstanding[0].name
 
-    def accepts(self, task: Task, batch: list[Task], now: float, paces: Paces) -> bool:
+    def accepts(self, task: Task, batch: Batch, now: float, paces: Paces) -> bool:
         """May ``task`` join ``batch``, the tasks about to be sent to this worker?"""
-        queued = len(self.outstanding) + len(batch)
+        queued = len(self.outstanding) + len(batch.tasks)
         if queued == 0:
             return True
         if queued >= MAX_OUTSTANDING or self.speed is None or self.speed >= PREFETCH_BELOW:
             return False
         if queued >= 2 and queued * self.speed > PREFETCH_WORK:
             return False
-        if not self._short_ahead(batch, now, paces):
+        if not self._short_ahead(batch.tasks, now, paces):
             return False
         if not self.outstanding:
             return True  # idle: it reads the whole batch in one message before it runs any
-        # Busy: all but the running task may still sit unread in the pipe.
-        unread = sum(task_size(t) for t in itertools.islice(self.outstanding, 1, None))
-        return unread + sum(task_size(t) for t in batch) + task_size(task) <= PIPE_BUDGET
+        return batch.unread + task_size(task) <= PIPE_BUDGET
 
     def _short_ahead(self, batch: list[Task], now: float, paces: Paces) -> bool:
         """Whether what a task would wait for here is short: see PREFETCH_BELOW."""
@@ -191,6 +189,25 @@ class WorkerHandle:
             return False
         started = self.outstanding[0].started if self.outstanding else None
         return started is None or now - started < PREFETCH_BELOW  # else it runs long this time
+
+
+class Batch:
+    """The tasks about to be sent to one worker in one message, and what its pipe would hold unread.
+
+    Kept as tasks join, so that a dispatch of n tasks costs n checks, not a
+    sum over everything queued for each of them.
+    """
+
+    __slots__ = ("tasks", "unread")
+
+    def __init__(self, worker: WorkerHandle) -> None:
+        self.tasks: list[Task] = []
+        # A busy worker's tasks but the running one may still sit unread in its pipe.
+        self.unread = sum(task_size(t) for t in itertools.islice(worker.outstanding, 1, None))
+
+    def append(self, task: Task) -> None:
+        self.tasks.append(task)
+        self.unread += task_size(task)
 
 
 class Paces:

@@ -15,7 +15,7 @@ from _tasks import announce_then_read, exit_once, identity, make_bytes, sleep_th
 
 from pool import Future, Pool, WorkerLost
 from pool._supervisor import Supervisor
-from pool._workers import PIPE_BUDGET, PREFETCH_BELOW, Paces, Task, WorkerHandle
+from pool._workers import PIPE_BUDGET, PREFETCH_BELOW, Batch, Paces, Task, WorkerHandle
 
 
 def _warm(p: Pool) -> None:
@@ -54,13 +54,13 @@ def test_a_task_is_queued_only_behind_a_short_one_that_has_not_run_long() -> Non
         queued = Task(1, Future(), "queued", 0, None, b"", b"", None, 0)
         young, old = 100.0 + PREFETCH_BELOW / 2, 100.0 + 2 * PREFETCH_BELOW
         paces = Paces()
-        assert not worker.accepts(queued, [], young, paces)  # "running" never measured
+        assert not worker.accepts(queued, Batch(worker), young, paces)  # "running" never measured
         paces.note("running", 10 * PREFETCH_BELOW)
-        assert not worker.accepts(queued, [], young, paces)  # measured long
+        assert not worker.accepts(queued, Batch(worker), young, paces)  # measured long
         paces = Paces()
         paces.note("running", 0.001)
-        assert worker.accepts(queued, [], young, paces)
-        assert not worker.accepts(queued, [], old, paces)  # long this time
+        assert worker.accepts(queued, Batch(worker), young, paces)
+        assert not worker.accepts(queued, Batch(worker), old, paces)  # long this time
         worker.sock.close()
     finally:
         conn.close()
