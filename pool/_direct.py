@@ -277,7 +277,7 @@ class Direct:
             and self._reader is None
             and not self._recalled  # the last reader taken back has not left yet
             and self._max_memory is None  # its checks run in the supervisor's thread
-            and not future._done_callbacks  # type: ignore[attr-defined]  # run by the supervisor (see _settle)
+            and not future._done_callbacks  # run by the supervisor (see _settle)
             and len(worker.outstanding) == 1
             and worker.outstanding[0].future is future
             and worker.usable()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import pickle
+import threading
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
 import pool
 from pool import (
+    Future,
     InitializerFailed,
     Pool,
     PoolClosed,
@@ -58,6 +60,25 @@ def test_hierarchy() -> None:
     assert issubclass(PoolClosed, RuntimeError)
     for error in (WorkerLost, TaskTimeout, RemoteError, SerializationError, PoolClosed, InitializerFailed):
         assert issubclass(error, PoolError)
+
+
+def test_a_future_starts_as_a_concurrent_futures_future_does() -> None:
+    """Its __init__ is written out, with a lighter condition: it must set what the base class's sets."""
+    ours, theirs = Future(), concurrent.futures.Future()  # type: ignore[var-annotated]
+    assert vars(ours).keys() == vars(theirs).keys()
+    assert {k: v for k, v in vars(ours).items() if k != "_condition"} == {
+        k: v for k, v in vars(theirs).items() if k != "_condition"
+    }
+    bound = {"acquire", "release", "_release_save", "_acquire_restore", "_is_owned"}  # methods, on ours
+    assert vars(ours._condition).keys() == vars(theirs._condition).keys() - bound
+    assert isinstance(ours._condition, threading.Condition)
+    # Its lock is reentrant and its own, as the base class's.
+    with ours._condition, ours._condition:
+        assert ours._condition._is_owned()
+        assert not Future()._condition._is_owned()
+    assert not ours._condition._is_owned()
+    ours.set_result(1)  # notify_all, as the base class's set_result calls it
+    assert ours.result(timeout=0) == 1
 
 
 EXAMPLES = [
