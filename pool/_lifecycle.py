@@ -31,7 +31,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _worker
-from ._broken import InitializerFailed, WorkerLost
 from ._errors import describe_exit
 from ._memory import OomWatch, tree_rss
 from ._outcomes import fail
@@ -141,6 +140,8 @@ class WorkerLifecycle:
         self._start_failures += 1
         logger.warning("could not start a worker: %s: %s", type(exc).__name__, exc)
         if self._start_failures >= MAX_START_FAILURES and not any(w.usable() for w in self._workers):
+            from ._broken import InitializerFailed  # loaded already: see Supervisor._load_modules
+
             error = InitializerFailed(
                 f"workers could not be started {self._start_failures} times in a row: "
                 f"{type(exc).__name__}: {exc}"
@@ -246,6 +247,8 @@ class WorkerLifecycle:
             with self._lock:
                 self._pending.appendleft(task)
             return
+        from ._broken import WorkerLost  # loaded already: see Supervisor._load_modules
+
         hint = self._oom_hint(worker, exitcode)
         error = WorkerLost(worker.pid, exitcode, task.name, attempts=task.attempts, hint=hint)
         fail(task, error, self._tally)
@@ -269,6 +272,8 @@ class WorkerLifecycle:
         self._start_failures += 1
         if self._start_failures < MAX_START_FAILURES:
             return
+        from ._broken import InitializerFailed  # loaded already: see Supervisor._load_modules
+
         if worker.init_error is not None:
             from ._serialize import format_exception
 

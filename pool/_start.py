@@ -18,11 +18,12 @@ reports it).
 from __future__ import annotations
 
 import io
+import math
 import multiprocessing
-import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.process
 import os
+import select
 import sys
 from multiprocessing import popen_fork, util
 from typing import Any
@@ -86,7 +87,7 @@ class _ServerPopen(popen_fork.Popen):
         self.sentinel = status_r
         self.finalizer = util.Finalize(self, _server.close_quietly, ([status_r],))
         try:
-            if not multiprocessing.connection.wait([status_r], _server.TIMEOUT):
+            if not _readable(status_r, _server.TIMEOUT):
                 _server.server.forget(server, kill=True)
                 raise OSError(
                     f"the fork server (pid {server}) did not start a worker in {_server.TIMEOUT:g} s"
@@ -103,7 +104,7 @@ class _ServerPopen(popen_fork.Popen):
             raise
         pidfd = _pidfd_of(self.pid)
         if pidfd is not None:
-            if multiprocessing.connection.wait([status_r], 0):
+            if _readable(status_r, 0):
                 # Its exit code is in: it may be reaped already, and its pid
                 # someone else's. The status pipe says all there is to know.
                 os.close(pidfd)
@@ -117,14 +118,14 @@ class _ServerPopen(popen_fork.Popen):
     def poll(self, flag: int = os.WNOHANG) -> int | None:
         if self.returncode is None:
             timeout = 0 if flag == os.WNOHANG else None
-            if not multiprocessing.connection.wait([self.sentinel], timeout):
+            if not _readable(self.sentinel, timeout):
                 return None
             self.returncode = self._exit_code()
         return self.returncode
 
     def _exit_code(self) -> int:
         """The exit code the server read for it: 255 if the server is gone (as multiprocessing says)."""
-        if self.sentinel != self._status and not multiprocessing.connection.wait([self._status], STATUS_WAIT):
+        if self.sentinel != self._status and not _readable(self._status, STATUS_WAIT):
             return 255
         try:
             return _zygote.read_status(self._status)
@@ -147,8 +148,17 @@ def _pidfd_of(pid: int) -> int | None:
         return None
 
 
+def _readable(fd: int, timeout: float | None) -> bool:
+    """Whether ``fd`` is readable (or at its end) within ``timeout`` seconds (None: however long it takes)."""
+    poller = select.poll()  # not select: the descriptor's number may pass 1023
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
+
+
 def _is_pipe(obj: object) -> bool:
-    return isinstance(obj, multiprocessing.connection.Connection)
+    # Imported by the pool before its first worker starts (see Supervisor._load_modules).
+    connection = sys.modules.get("multiprocessing.connection")
+    return connection is not None and isinstance(obj, connection.Connection)
 
 
 class _ServerProcess(multiprocessing.process.BaseProcess):

@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import multiprocessing.connection
 import multiprocessing.context
 import os
 import selectors
@@ -335,6 +334,13 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
         server boots meanwhile, in its own process.
         """
         prestart(self._context)
+        # Each a few milliseconds that `import pool` no longer costs: the
+        # workers' Pipes, and the errors of workers that die (whose base,
+        # BrokenProcessPool, comes with concurrent.futures.process).
+        import multiprocessing.connection  # noqa: F401
+
+        from . import _broken  # noqa: F401
+
         load_psutil()
         if self._context.get_start_method() == "fork":
             from . import _stats  # noqa: F401

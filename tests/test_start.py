@@ -87,6 +87,26 @@ def test_importing_the_package_imports_no_runtime() -> None:
     assert result.stdout.strip() == "['pool']"
 
 
+def test_importing_pool_leaves_what_only_running_workers_need_to_the_first_submit() -> None:
+    """On a fresh pool's way to its first result: the first submit imports these while its server boots."""
+    later = ["multiprocessing.connection", "concurrent.futures.process", "pool._broken", "psutil"]
+    code = (
+        "import sys; from pool import Pool; "
+        f"print([m for m in {later} if m in sys.modules]); "
+        "p = Pool(1); p.submit(abs, -1).result(timeout=60); p.shutdown(); "
+        f"print([m for m in {later} if m not in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout.split("\n")[:2]) == (0, ["[]", "[]"]), result.stderr
+
+
 def test_public_names_resolve_lazily_to_their_homes() -> None:
     for name in pool.__all__:
         value = getattr(pool, name)
