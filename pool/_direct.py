@@ -34,10 +34,10 @@ callbacks is left to the supervisor, and callbacks added meanwhile are
 handed to it: they run in its thread, as always, never inside the
 caller's ``result``, where the caller may hold a lock a callback takes.
 
-**Spinning.** For a call of a function measured short, the caller's send
-asks the worker to poll for the next task without sleeping once it has
-replied, and the reader polls for the reply the same way before it sleeps
-(`pool._spin`, `_spin_for`).
+**Spinning.** For a call of a function measured short, the reader polls
+for the reply without sleeping before it sleeps, and, while callers read
+their replies themselves, a caller's send asks the worker to poll for the
+next task the same way once it has replied (`pool._spin`, `_spin_for`).
 
 **Taking it back.** When the supervisor wakes for anything else, it takes
 the worker back at once (`_reclaim`): a byte on the recall pipe ends the
@@ -101,6 +101,7 @@ class Direct:
     _reading: WorkerHandle | None
     _reader_busy: bool
     _recalled: bool
+    _read_here: bool
     _reader_gone: threading.Condition
     _requests_closed: bool
     _wake_closed: bool
@@ -138,6 +139,7 @@ class Direct:
     def _reclaim(self) -> None:
         with self._lock:
             self._waiting = False
+            self._read_here = False  # this thread woke: perhaps for a reply nobody read
             self._lent.clear()
             if self._reader is None:
                 return
@@ -167,7 +169,11 @@ class Direct:
             return False
         worker = self._lent.pop()
         try:
-            worker.conn.send_bytes(_encode(worker, [task], self._spin_for(task.name, worker)))
+            # The worker spins for the next task only if this caller reads its
+            # replies itself (a loop of submit, then result), not if they go
+            # to callbacks, an event loop or as_completed.
+            spin = self._spin_for(task.name, worker) if self._read_here else 0.0
+            worker.conn.send_bytes(_encode(worker, [task], spin))
             task.future._start()  # fresh, not yet returned to anyone: it cannot be cancelled
             _record_sent(worker, [task], self._clock())
         except OSError:
@@ -323,6 +329,7 @@ class Direct:
                     if self._reader == threading.get_ident():
                         self._watch_again(worker)
                         self._reader = self._reading = None
+                        self._read_here = self._read_here or future.done()
                         if self._waiting and not worker.outstanding and worker.usable():
                             self._lent.append(worker)
                     elif self._recalled:

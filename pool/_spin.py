@@ -13,14 +13,16 @@ So both ends of a round trip that is due soon poll without sleeping first,
 for at most SPIN seconds, then sleep as before:
 
 - a caller's thread reading its task's reply itself (`pool._direct`);
-- the worker that sent it, waiting for that caller's next task.
+- the worker that replied, waiting for that caller's next task, when the
+  last reply was read that way (a script's loop of ``submit(...).result()``;
+  not replies that go to callbacks, an event loop or ``as_completed``).
 
 Only for a call of a function whose calls took under SPIN seconds, from
-send to reply, sent straight to an idle worker by a caller that waits for
-it (a script's loop of ``submit(...).result()``), and only with CPUs free
-for both: the caller and the worker each need one, besides the workers
-busy with other tasks. A call that runs long this time, or a next task that
-never comes, costs SPIN seconds of CPU once.
+send to reply, sent straight to an idle worker, and only when the pool's
+own count leaves a CPU for each (the caller and the worker, besides the
+workers busy with other tasks); it does not see other processes. A call
+that runs long this time, or a next task that does not come, costs up to
+SPIN seconds of CPU, each time.
 """
 
 from __future__ import annotations

@@ -150,6 +150,7 @@ class Supervisor(Direct, Routing, WorkerLifecycle, Deadlines, Census):
         self._reading: WorkerHandle | None = None  # and the worker it reads
         self._reader_busy = False  # it handles events: it is not to be disturbed
         self._recalled = False  # a reader was taken back and has not left yet
+        self._read_here = False  # the last reply read was read by its caller's thread: see _send_direct
         self._reader_gone = threading.Condition(self._lock)
         self._closing = False
         self._aborting = False

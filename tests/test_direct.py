@@ -560,27 +560,61 @@ def test_a_reader_spins_briefly_for_a_short_function_then_sleeps_until_the_reply
         assert spins == [SPIN]
 
 
-def test_a_worker_spins_for_its_next_task_only_after_a_short_call_sent_straight_to_it(
-    tmp_path: Path,
+def _record_sent_spins(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The spin each direct send asks of its worker, in order."""
+    sent: list[float] = []
+    real = pool._direct._encode
+
+    def recorded(worker: Any, tasks: Any, spin: float = 0.0) -> bytes:
+        sent.append(spin)
+        return real(worker, tasks, spin)
+
+    monkeypatch.setattr(pool._direct, "_encode", recorded)
+    return sent
+
+
+def test_a_worker_spins_for_its_next_task_only_when_asked_by_a_direct_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    sent = _record_sent_spins(monkeypatch)
     log = str(tmp_path / "spins")
     with Pool(1) as p:
         p._supervisor._clock = lambda: 0.0  # every call measures 0 s: short
         p._supervisor._cpus = 2
         p.submit(record_spins, log).result(timeout=TIMEOUT)
-        assert p.submit(square, 1).result(timeout=TIMEOUT) == 1  # square measured
-        direct = 0
-        for i in range(100):
-            future = p.submit(square, i)
-            direct += future._direct is not None
-            assert future.result(timeout=TIMEOUT) == i * i
-            if direct:
+        for i in range(100):  # square measured, then read directly, then sent with a spin
+            assert p.submit(square, i).result(timeout=TIMEOUT) == i * i
+            if SPIN in sent:
                 break
-        assert direct
-        # The second of two is sent by the supervisor, not straight by the caller: no spin.
+        # The second of two is sent by the supervisor, in a batch: no spin.
         first, second = p.submit(square, 2), p.submit(square, 3)
-        assert second._direct is None
-        direct += first._direct is not None
         assert (first.result(timeout=TIMEOUT), second.result(timeout=TIMEOUT)) == (4, 9)
         # The worker wrote each spin down before it read its next task.
-        assert p.submit(read_lines, log).result(timeout=TIMEOUT) == [str(SPIN)] * direct
+        spun = p.submit(read_lines, log).result(timeout=TIMEOUT)
+    assert SPIN in sent
+    assert spun == [str(s) for s in sent if s]
+
+
+def test_a_worker_does_not_spin_for_callers_whose_replies_go_to_callbacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent = _record_sent_spins(monkeypatch)
+    with Pool(1) as p:
+        p._supervisor._clock = lambda: 0.0  # every call measures 0 s: short
+        p._supervisor._cpus = 2
+        for i in range(100):
+            assert p.submit(square, i).result(timeout=TIMEOUT) == i * i
+            if SPIN in sent:
+                break
+        assert SPIN in sent
+        del sent[:]
+        for i in range(200):  # until a few went straight to the worker
+            ended = threading.Event()
+            future = p.submit(square, i)
+            future.add_done_callback(lambda _, ended=ended: ended.set())  # type: ignore[misc]
+            assert ended.wait(TIMEOUT)
+            if len(sent) >= 3:
+                break
+        # The first may still ask for one: the last reply before it was read directly.
+        assert len(sent) >= 2
+        assert sent[1:] == [0.0] * (len(sent) - 1)

@@ -81,6 +81,28 @@ def test_a_future_starts_as_a_concurrent_futures_future_does() -> None:
     assert ours.result(timeout=0) == 1
 
 
+def test_a_future_wakes_every_kind_of_waiter() -> None:
+    """Through its condition: result() and exception() in other threads, wait and as_completed."""
+    future: Future[int] = Future()
+    got: list[object] = []
+    waiters = [
+        threading.Thread(target=lambda: got.append(future.result(timeout=60))),
+        threading.Thread(target=lambda: got.append(future.exception(timeout=60))),
+        threading.Thread(target=lambda: got.append(concurrent.futures.wait([future], timeout=60).done)),
+        threading.Thread(
+            target=lambda: got.append(list(concurrent.futures.as_completed([future], timeout=60)))
+        ),
+    ]
+    for waiter in waiters:
+        waiter.start()
+    with future._condition, future._condition:  # reentrant: taken a third time inside
+        future.set_running_or_notify_cancel()
+    future.set_result(7)
+    for waiter in waiters:
+        waiter.join(60)
+    assert sorted(map(repr, got)) == sorted(map(repr, [7, None, {future}, [future]]))
+
+
 EXAMPLES = [
     WorkerLost(123, -9, "mod.fn", attempts=3, hint="likely out of memory"),
     WorkerLost(None, None),
