@@ -35,6 +35,10 @@ READ_SIZE = 64 * 1024
 # A read ends at the frame that carries descriptors (Linux never mixes two
 # writers' descriptors in one read), and a worker attaches at most one.
 _FDS_SPACE = socket.CMSG_SPACE(8 * array.array("i").itemsize)
+# As plain ints: socket's are enum members, and each ``|`` or ``&`` of them
+# runs Python code of the enum module, two of them on every read.
+_RECV_FLAGS = int(socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_CTRUNC = int(socket.MSG_CTRUNC)
 _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
 # Up to this size a frame goes out in one write, its header joined to it (as
@@ -169,9 +173,7 @@ class FrameReader:
         # mmap threshold, costs a map, page faults and an unmap each time.
         into = self._scratch if self._big is None else memoryview(self._big)[self._big_got :]
         try:
-            count, ancillary, flags, _ = self._sock.recvmsg_into(
-                [into], _FDS_SPACE, socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-            )
+            count, ancillary, flags, _ = self._sock.recvmsg_into([into], _FDS_SPACE, _RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
             return False
         for level, kind, payload in ancillary:
@@ -179,7 +181,7 @@ class FrameReader:
                 fds = array.array("i")
                 fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
                 self._fds.extend(fds)
-        if flags & socket.MSG_CTRUNC:
+        if flags & _CTRUNC:
             raise OSError("descriptors passed by the worker were cut off")
         if not count:
             raise EOFError
