@@ -297,8 +297,7 @@ class Direct:
         short, and with a CPU each for the caller and ``worker``, besides
         the other workers' tasks.
         """
-        pace = self._paces.seconds(name)
-        if pace is None or pace >= SPIN:
+        if not self._paces.under(name, SPIN):
             return 0.0
         others = sum(1 for w in self._workers if w.outstanding and w is not worker)
         return SPIN if others + 2 <= self._cpus else 0.0

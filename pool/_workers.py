@@ -185,7 +185,7 @@ class WorkerHandle:
         """Whether what a task would wait for here is short: see PREFETCH_BELOW."""
         # The task right ahead of it; those further ahead passed this when queued.
         ahead = batch[-1] if batch else self.outstanding[-1]
-        if not paces.short(ahead.name):
+        if not paces.under(ahead.name, PREFETCH_BELOW):
             return False
         started = self.outstanding[0].started if self.outstanding else None
         return started is None or now - started < PREFETCH_BELOW  # else it runs long this time
@@ -224,14 +224,10 @@ class Paces:
             self._seconds.clear()
         self._seconds[name] = smoothed(known, seconds)
 
-    def seconds(self, name: str) -> float | None:
-        """How long calls of ``name`` take, smoothed; None if none was seen."""
-        return self._seconds.get(name)
-
-    def short(self, name: str) -> bool:
-        """Whether calls of ``name`` were seen, and take under PREFETCH_BELOW seconds."""
+    def under(self, name: str, limit: float) -> bool:
+        """Whether calls of ``name`` were seen, and take under ``limit`` seconds."""
         seconds = self._seconds.get(name)
-        return seconds is not None and seconds < PREFETCH_BELOW
+        return seconds is not None and seconds < limit
 
 
 def smoothed(known: float | None, seconds: float) -> float:
